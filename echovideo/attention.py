@@ -1,0 +1,57 @@
+"""The one attention function of the DiT, with pluggable backends.
+
+Every backend takes q, k, v as [batch, heads, tokens, head_dim] and returns the same layout.
+"""
+from typing import Callable, Dict
+
+import torch
+import torch.nn.functional as F
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def sdpa_attention(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
+
+
+def _sage_attention(q, k, v):
+    from sageattention import sageattn  # optional dependency
+
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        dtype = q.dtype
+        return sageattn(q.half(), k.half(), v.half(), tensor_layout="HND").to(dtype)
+    return sageattn(q, k, v, tensor_layout="HND")
+
+
+_BACKENDS: Dict[str, AttentionFn] = {"sdpa": sdpa_attention, "sage": _sage_attention}
+
+
+def register_attention(name: str, fn: AttentionFn) -> None:
+    """Adds a backend, e.g. ComfyUI's optimized_attention through the node bridge."""
+    _BACKENDS[name] = fn
+
+
+def available_attention() -> list:
+    names = ["sdpa"]
+    try:
+        import sageattention  # noqa: F401
+
+        names.append("sage")
+    except ImportError:
+        pass
+    names += [n for n in _BACKENDS if n not in ("sdpa", "sage")]
+    return names
+
+
+def get_attention(name_or_fn) -> AttentionFn:
+    if callable(name_or_fn):
+        return name_or_fn
+    name = name_or_fn or "sdpa"
+    if name not in _BACKENDS:
+        raise ValueError(f"attention: unknown backend {name!r}; choose one of {sorted(_BACKENDS)}")
+    if name == "sage":
+        try:
+            import sageattention  # noqa: F401
+        except ImportError as e:
+            raise ValueError("attention: 'sage' needs the sageattention package (pip install sageattention)") from e
+    return _BACKENDS[name]

@@ -1,0 +1,66 @@
+"""Layer namespaces for building the DiT.
+
+Layers are built as `operations.Linear(in, out, bias=..., dtype=..., device=...)` and so on, the
+way ComfyUI core models do, so ComfyUI's casting ops can be passed in. `torch.nn` is the default.
+`upcast_ops` stores weights in any dtype (fp8 included) and casts them to the input's dtype
+per layer at compute time.
+"""
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _cast(t, like):
+    if t is None:
+        return None
+    return t.to(device=like.device, dtype=like.dtype)
+
+
+class _UpcastLinear(nn.Linear):
+    def reset_parameters(self):
+        return None
+
+    def forward(self, x):
+        return F.linear(x, _cast(self.weight, x), _cast(self.bias, x))
+
+
+class _UpcastConv2d(nn.Conv2d):
+    def reset_parameters(self):
+        return None
+
+    def forward(self, x):
+        return self._conv_forward(x, _cast(self.weight, x), _cast(self.bias, x))
+
+
+class _UpcastLayerNorm(nn.LayerNorm):
+    def reset_parameters(self):
+        return None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, _cast(self.weight, x), _cast(self.bias, x), self.eps)
+
+
+upcast_ops = types.SimpleNamespace(Linear=_UpcastLinear, Conv2d=_UpcastConv2d, LayerNorm=_UpcastLayerNorm)
+
+FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
+
+DTYPES = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp8_e4m3fn": getattr(torch, "float8_e4m3fn", None),
+    "fp8_e5m2": getattr(torch, "float8_e5m2", None),
+}
+
+
+def is_fp8(dtype) -> bool:
+    return dtype in FP8_DTYPES
+
+
+def operations_for(weight_dtype, compute_dtype):
+    """torch.nn when weights are stored in the compute dtype, else the upcasting layers."""
+    if weight_dtype is None or weight_dtype == compute_dtype:
+        return nn
+    return upcast_ops

@@ -1,0 +1,225 @@
+"""The EchoVideo DiT: CogVideoX-5B (joint text+video attention, adaptive layer norms, 3D RoPE)
+with the IITF identity modules. State-dict keys equal the released checkpoint's."""
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from .attention import get_attention
+from .config import TransformerConfig
+from .errors import check
+from .iitf import IITF, fuse_identity
+from .rope import apply_rotary
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool, shift: float,
+                       max_period: float = 10000.0) -> torch.Tensor:
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device)
+    freqs = torch.exp(exponent / (half - shift))
+    angles = timesteps[:, None].float() * freqs[None, :]
+    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+    if flip_sin_to_cos:
+        emb = torch.cat([emb[:, half:], emb[:, :half]], dim=-1)
+    if dim % 2:
+        emb = nn.functional.pad(emb, (0, 1))
+    return emb
+
+
+class TimestepMLP(nn.Module):
+    def __init__(self, in_dim, out_dim, operations, dtype, device):
+        super().__init__()
+        self.linear_1 = operations.Linear(in_dim, out_dim, dtype=dtype, device=device)
+        self.linear_2 = operations.Linear(out_dim, out_dim, dtype=dtype, device=device)
+
+    def forward(self, x):
+        return self.linear_2(nn.functional.silu(self.linear_1(x)))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, config: TransformerConfig, operations, dtype, device):
+        super().__init__()
+        p = config.patch_size
+        self.proj = operations.Conv2d(config.in_channels, config.inner_dim, kernel_size=p, stride=p,
+                                      bias=config.patch_bias, dtype=dtype, device=device)
+        self.text_proj = operations.Linear(config.text_embed_dim, config.inner_dim, dtype=dtype, device=device)
+
+    def forward(self, context, video):
+        b, f, c, h, w = video.shape
+        x = self.proj(video.reshape(b * f, c, h, w))
+        x = x.view(b, f, *x.shape[1:]).flatten(3).transpose(2, 3).flatten(1, 2)
+        return self.text_proj(context), x
+
+
+class ModulatedNorm(nn.Module):
+    """LayerNorm with shift/scale/gate for video and text tokens from the timestep embedding."""
+
+    def __init__(self, time_dim, dim, config, operations, dtype, device):
+        super().__init__()
+        self.linear = operations.Linear(time_dim, 6 * dim, dtype=dtype, device=device)
+        self.norm = operations.LayerNorm(dim, eps=config.norm_eps, elementwise_affine=config.norm_elementwise_affine,
+                                         dtype=dtype, device=device)
+
+    def forward(self, x, ctx, temb):
+        shift, scale, gate, c_shift, c_scale, c_gate = self.linear(nn.functional.silu(temb)).chunk(6, dim=1)
+        x = self.norm(x) * (1 + scale)[:, None] + shift[:, None]
+        ctx = self.norm(ctx) * (1 + c_scale)[:, None] + c_shift[:, None]
+        return x, ctx, gate[:, None], c_gate[:, None]
+
+
+class JointAttention(nn.Module):
+    def __init__(self, config: TransformerConfig, operations, dtype, device):
+        super().__init__()
+        dim, hd = config.inner_dim, config.attention_head_dim
+        self.heads = config.num_attention_heads
+        self.norm_q = operations.LayerNorm(hd, eps=1e-6, dtype=dtype, device=device)
+        self.norm_k = operations.LayerNorm(hd, eps=1e-6, dtype=dtype, device=device)
+        self.to_q = operations.Linear(dim, dim, bias=config.attention_bias, dtype=dtype, device=device)
+        self.to_k = operations.Linear(dim, dim, bias=config.attention_bias, dtype=dtype, device=device)
+        self.to_v = operations.Linear(dim, dim, bias=config.attention_bias, dtype=dtype, device=device)
+        self.to_out = nn.ModuleList([operations.Linear(dim, dim, bias=True, dtype=dtype, device=device)])
+
+    def forward(self, x, ctx, rope, attention):
+        n_ctx = ctx.shape[1]
+        tokens = torch.cat([ctx, x], dim=1)
+        b, s, _ = tokens.shape
+
+        def heads(t):
+            return t.view(b, s, self.heads, -1).transpose(1, 2)
+
+        q, k, v = heads(self.to_q(tokens)), heads(self.to_k(tokens)), heads(self.to_v(tokens))
+        q, k = self.norm_q(q), self.norm_k(k)
+        if rope is not None:
+            cos, sin = rope
+            q = torch.cat([q[:, :, :n_ctx], apply_rotary(q[:, :, n_ctx:], cos, sin)], dim=2)
+            k = torch.cat([k[:, :, :n_ctx], apply_rotary(k[:, :, n_ctx:], cos, sin)], dim=2)
+        out = attention(q, k, v).transpose(1, 2).reshape(b, s, -1)
+        out = self.to_out[0](out)
+        return out[:, n_ctx:], out[:, :n_ctx]
+
+
+class _GeluProj(nn.Module):
+    def __init__(self, dim, inner, operations, dtype, device):
+        super().__init__()
+        self.proj = operations.Linear(dim, inner, dtype=dtype, device=device)
+
+    def forward(self, x):
+        return nn.functional.gelu(self.proj(x), approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim, operations, dtype, device, mult=4):
+        super().__init__()
+        self.net = nn.ModuleList([_GeluProj(dim, dim * mult, operations, dtype, device), nn.Identity(),
+                                  operations.Linear(dim * mult, dim, dtype=dtype, device=device)])
+
+    def forward(self, x):
+        return self.net[2](self.net[0](x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: TransformerConfig, operations, dtype, device):
+        super().__init__()
+        dim = config.inner_dim
+        self.norm1 = ModulatedNorm(config.time_embed_dim, dim, config, operations, dtype, device)
+        self.attn1 = JointAttention(config, operations, dtype, device)
+        self.norm2 = ModulatedNorm(config.time_embed_dim, dim, config, operations, dtype, device)
+        self.ff = FeedForward(dim, operations, dtype, device)
+
+    def forward(self, x, ctx, temb, rope, attention):
+        n_ctx = ctx.shape[1]
+        nx, nctx, gate, c_gate = self.norm1(x, ctx, temb)
+        ax, actx = self.attn1(nx, nctx, rope, attention)
+        x = x + gate * ax
+        ctx = ctx + c_gate * actx
+        nx, nctx, gate, c_gate = self.norm2(x, ctx, temb)
+        ff = self.ff(torch.cat([nctx, nx], dim=1))
+        return x + gate * ff[:, n_ctx:], ctx + c_gate * ff[:, :n_ctx]
+
+
+class AdaNormOut(nn.Module):
+    def __init__(self, config, operations, dtype, device):
+        super().__init__()
+        dim = config.inner_dim
+        self.linear = operations.Linear(config.time_embed_dim, 2 * dim, dtype=dtype, device=device)
+        self.norm = operations.LayerNorm(dim, eps=config.norm_eps, elementwise_affine=config.norm_elementwise_affine,
+                                         dtype=dtype, device=device)
+
+    def forward(self, x, temb):
+        shift, scale = self.linear(nn.functional.silu(temb)).chunk(2, dim=1)
+        return self.norm(x) * (1 + scale)[:, None] + shift[:, None]
+
+
+class EchoVideoTransformer(nn.Module):
+    """forward(hidden_states [B, F, 2C, h, w], context [B, L, D] fused by `fuse_identity`,
+    timestep [B], rope (cos, sin) [F*h*w/p^2, head_dim]) -> v-prediction [B, F, C, h, w]."""
+
+    def __init__(self, config, operations=nn, dtype=None, device=None, attention="sdpa"):
+        super().__init__()
+        config = config if isinstance(config, TransformerConfig) else TransformerConfig.from_dict(config)
+        config.validate()
+        self.config = config
+        self.attention = get_attention(attention)
+        dim = config.inner_dim
+        self.patch_embed = PatchEmbed(config, operations, dtype, device)
+        self.time_embedding = TimestepMLP(dim, config.time_embed_dim, operations, dtype, device)
+        self.transformer_blocks = nn.ModuleList(
+            TransformerBlock(config, operations, dtype, device) for _ in range(config.num_layers))
+        self.norm_final = operations.LayerNorm(dim, eps=config.norm_eps,
+                                               elementwise_affine=config.norm_elementwise_affine,
+                                               dtype=dtype, device=device)
+        self.norm_out = AdaNormOut(config, operations, dtype, device)
+        self.proj_out = operations.Linear(dim, config.patch_size ** 2 * config.out_channels, dtype=dtype, device=device)
+        iitf = IITF(config, operations, dtype, device)
+        for name in IITF.SUBMODULES:
+            self.add_module(name, getattr(iitf, name))
+        self.block_hook = None  # optional callable(index, block) run before each block (block swap)
+
+    def set_attention(self, attention) -> None:
+        self.attention = get_attention(attention)
+
+    def fuse_identity(self, text_embeds, face_tokens, id_embedding):
+        """IITF: run once per prompt and guidance branch; the result is `context` for forward."""
+        return fuse_identity(self, self.config, text_embeds, face_tokens, id_embedding)
+
+    def check_inputs(self, hidden_states, context, timestep):
+        c = self.config
+        check(hidden_states.dim() == 5 and hidden_states.shape[2] == c.in_channels
+              and hidden_states.shape[3] % c.patch_size == 0 and hidden_states.shape[4] % c.patch_size == 0,
+              "hidden_states", tuple(hidden_states.shape),
+              f"[batch, latent frames, {c.in_channels}, h, w] with h and w multiples of {c.patch_size}")
+        b = hidden_states.shape[0]
+        check(context.dim() == 3 and context.shape[0] == b and context.shape[2] == c.text_embed_dim,
+              "context", tuple(context.shape), f"[{b}, tokens, {c.text_embed_dim}] (the IITF-fused context)")
+        check(timestep.dim() == 1 and timestep.shape[0] == b, "timestep", tuple(timestep.shape), f"[{b}]")
+
+    def embed(self, hidden_states, context, timestep):
+        """Timestep embedding and patch embedding: (video tokens, context tokens, temb)."""
+        c = self.config
+        t = timestep_embedding(timestep, c.inner_dim, c.flip_sin_to_cos, c.freq_shift)
+        temb = self.time_embedding(t.to(hidden_states.dtype))
+        ctx, x = self.patch_embed(context, hidden_states)
+        return x, ctx, temb
+
+    def run_blocks(self, x, ctx, temb, rope):
+        for i, block in enumerate(self.transformer_blocks):
+            if self.block_hook is not None:
+                self.block_hook(i, block)
+            x, ctx = block(x, ctx, temb, rope, self.attention)
+        return x, ctx
+
+    def head(self, x, ctx, temb, shape):
+        b, f, _, h, w = shape
+        p = self.config.patch_size
+        n_ctx = ctx.shape[1]
+        x = self.norm_final(torch.cat([ctx, x], dim=1))[:, n_ctx:]
+        x = self.proj_out(self.norm_out(x, temb))
+        x = x.reshape(b, f, h // p, w // p, -1, p, p)
+        return x.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+
+    def forward(self, hidden_states, context, timestep, rope: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+        self.check_inputs(hidden_states, context, timestep)
+        x, ctx, temb = self.embed(hidden_states, context, timestep)
+        x, ctx = self.run_blocks(x, ctx, temb, rope)
+        return self.head(x, ctx, temb, hidden_states.shape)

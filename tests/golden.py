@@ -1,0 +1,50 @@
+"""Reads golden files (the published EchoVideo code's numbers on tiny random weights)."""
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+DEFAULT_GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "echovideo_tiny.safetensors"
+LAYOUT_FILE = DEFAULT_GOLDEN.parent / "echovideo_transformer_layout.json"
+
+
+def golden_paths():
+    env = os.environ.get("ECHOVIDEO_GOLDEN")
+    return [p for p in env.split(":") if p] if env else [str(DEFAULT_GOLDEN)]
+
+
+class Golden:
+    def __init__(self, path):
+        self.path = str(path)
+        with safe_open(self.path, "pt") as f:
+            self.meta = json.loads(f.metadata()["meta"])
+            self.tensors = {k: f.get_tensor(k) for k in f.keys()}
+
+    def weights(self, prefix):
+        """Dequantized float32 weights under `weights.<prefix>.`, keys without the prefix."""
+        affine = self.meta["weight_affine"]
+        head = f"weights.{prefix}."
+        out = {}
+        for key, q in self.tensors.items():
+            if key.startswith(head):
+                scale, offset = (torch.tensor(v, dtype=torch.float32) for v in affine[key])
+                out[key[len(head):]] = q.float() * scale + offset
+        return out
+
+    def __getitem__(self, key):
+        return self.tensors[key]
+
+
+def assert_close_scaled(actual, expected, rtol=1e-4, atol=1e-4, name=""):
+    """|a - e| <= atol * scale + rtol * |e| elementwise, scale = max |e| (tolerances relative to the tensor's scale)."""
+    actual, expected = actual.double(), expected.double()
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    scale = expected.abs().max().clamp_min(1e-12)
+    err = (actual - expected).abs()
+    bound = atol * scale + rtol * expected.abs()
+    worst = (err - bound).max().item()
+    assert worst <= 0, (f"{name}: max abs error {err.max().item():.3e} exceeds bound "
+                        f"(scale {scale.item():.3e}, rtol {rtol}, atol {atol} x scale)")
+    return (err / scale).max().item()
