@@ -1,0 +1,139 @@
+"""T5 text conditioning as the reference pipeline computes it.
+
+The reference (CogVideoX / EchoVideo) tokenizes with padding="max_length", max_length=226,
+truncation=True, add_special_tokens=True and runs T5EncoderModel(input_ids)[0] with NO attention
+mask, so padding tokens are encoded too. Output: [1, 226, d_model].
+
+Plain torch + transformers; never imports ComfyUI. Weights are loaded from safetensors only.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, List, Optional, Sequence, Union
+
+import torch
+
+from .errors import CheckpointError, EchoVideoInputError
+
+MAX_LENGTH = 226  # the reference's max_sequence_length
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
+
+
+# ---------------------------------------------------------------- tokenizer
+
+def load_tokenizer(folder: str):
+    """Load a T5 tokenizer from a folder (the released `tokenizer/` folder or ComfyUI's t5_tokenizer)."""
+    from transformers import AutoTokenizer
+
+    if not folder or not os.path.isdir(folder):
+        raise FileNotFoundError(f"T5 tokenizer folder not found: {folder!r}")
+    if not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{folder!r} is not a tokenizer folder: it holds none of {', '.join(TOKENIZER_FILES)}")
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def find_tokenizer_beside(weights_path: str) -> Optional[str]:
+    """The released layout keeps `tokenizer/` beside `text_encoder/`; look there and next to the file."""
+    base = weights_path if os.path.isdir(weights_path) else os.path.dirname(weights_path)
+    candidates = [os.path.join(base, "tokenizer"), os.path.join(os.path.dirname(base), "tokenizer"), base]
+    for c in candidates:
+        if os.path.isdir(c) and any(os.path.isfile(os.path.join(c, f)) for f in TOKENIZER_FILES):
+            return c
+    return None
+
+
+def tokenize(tokenizer, prompt: Union[str, Sequence[str]], max_length: int = MAX_LENGTH) -> torch.Tensor:
+    """Reference token ids: [B, max_length] int64 (EOS appended, padded with pad id, truncated)."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not all(isinstance(p, str) for p in prompts):
+        raise EchoVideoInputError(f"prompt: got {type(prompt).__name__}, needs a string or list of strings")
+    out = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
+                    add_special_tokens=True, return_tensors="pt")
+    return out.input_ids
+
+
+# ---------------------------------------------------------------- encoder
+
+def _read_safetensors_metadata(path: str) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return f.metadata() or {}
+
+
+def _config_from(folder_or_file: str) -> tuple[dict, List[str]]:
+    """(config dict, safetensors files) for a transformers folder or a single safetensors file."""
+    if os.path.isdir(folder_or_file):
+        cfg_path = os.path.join(folder_or_file, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise CheckpointError(f"T5 folder {folder_or_file!r} has no config.json (needs the transformers layout: "
+                                  "config.json + *.safetensors)")
+        with open(cfg_path, encoding="utf-8") as f:
+            config = json.load(f)
+        files = sorted(os.path.join(folder_or_file, n) for n in os.listdir(folder_or_file)
+                       if n.endswith(".safetensors"))
+        if not files:
+            pickles = [n for n in os.listdir(folder_or_file) if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+            extra = f" (found {', '.join(pickles)}: pickle files are not loaded; convert them to safetensors)" if pickles else ""
+            raise CheckpointError(f"T5 folder {folder_or_file!r} has no .safetensors weights{extra}")
+        return config, files
+    if os.path.isfile(folder_or_file):
+        if not folder_or_file.endswith((".safetensors", ".sft")):
+            raise CheckpointError(f"{folder_or_file!r}: only safetensors files are loaded (no pickle)")
+        meta = _read_safetensors_metadata(folder_or_file)
+        if "config" not in meta:
+            raise CheckpointError(
+                f"{os.path.basename(folder_or_file)!r} has no 'config' entry in its safetensors metadata; use a "
+                "folder with config.json + safetensors, or load this file with ComfyUI's CLIPLoader instead")
+        try:
+            config = json.loads(meta["config"])
+        except ValueError as e:
+            raise CheckpointError(f"{folder_or_file!r}: metadata 'config' is not valid JSON ({e})") from e
+        return config, [folder_or_file]
+    raise FileNotFoundError(f"T5 encoder not found: {folder_or_file!r}")
+
+
+def load_t5_encoder(folder_or_file: str, dtype: torch.dtype = torch.bfloat16, device="cpu"):
+    """Build transformers' T5EncoderModel from a transformers folder or a single safetensors with config metadata."""
+    from safetensors.torch import load_file
+    from transformers import T5Config, T5EncoderModel
+
+    config_dict, files = _config_from(folder_or_file)
+    if config_dict.get("model_type") not in (None, "t5", "umt5"):
+        raise CheckpointError(f"{folder_or_file!r}: config model_type is {config_dict.get('model_type')!r}, needs 't5'")
+    config = T5Config.from_dict(config_dict)
+    with torch.device("meta"):
+        model = T5EncoderModel(config)
+    state = {}
+    for f in files:
+        state.update(load_file(f, device="cpu"))
+    # drop decoder weights of a full T5 checkpoint
+    state = {k: v for k, v in state.items() if not k.startswith(("decoder.", "lm_head."))}
+    if "shared.weight" not in state and "encoder.embed_tokens.weight" in state:
+        state["shared.weight"] = state["encoder.embed_tokens.weight"]
+    expected = set(model.state_dict().keys())
+    missing = sorted(k for k in expected - set(state) if k != "encoder.embed_tokens.weight")
+    if missing:
+        raise CheckpointError(f"{folder_or_file!r} is not a T5 encoder checkpoint: {len(missing)} weights missing, "
+                              f"e.g. {missing[:3]}")
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items() if k in expected}
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    model.to(device=device, dtype=dtype)
+    model.eval().requires_grad_(False)
+    return model
+
+
+@torch.no_grad()
+def encode_ids(encoder, input_ids: torch.Tensor) -> torch.Tensor:
+    """T5EncoderModel(input_ids)[0], no attention mask (as the reference)."""
+    device = next(encoder.parameters()).device
+    return encoder(input_ids.to(device))[0]
+
+
+@torch.no_grad()
+def encode_prompt(encoder, tokenizer, prompt: Union[str, Sequence[str]], max_length: int = MAX_LENGTH) -> torch.Tensor:
+    """Reference prompt embeddings [B, max_length, d_model]."""
+    return encode_ids(encoder, tokenize(tokenizer, prompt, max_length))

@@ -1,0 +1,143 @@
+"""echovideo.text: reference T5 path on tiny random weights (no ComfyUI needed)."""
+import json
+import os
+
+import pytest
+import torch
+
+from echovideo import text
+from echovideo.errors import CheckpointError
+
+transformers = pytest.importorskip("transformers")
+from safetensors.torch import save_file  # noqa: E402
+
+WORDS = "a the man woman smiles walks in park red hat looking at camera slowly".split()
+
+
+def tiny_config(vocab_size=64):
+    return transformers.T5Config(vocab_size=vocab_size, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                                 feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
+
+
+def make_tokenizer(folder):
+    """A WordLevel tokenizer with T5's special ids (pad 0, eos 1, unk 2) and EOS appended."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_t5(tmp_path):
+    torch.manual_seed(0)
+    model = transformers.T5EncoderModel(tiny_config()).eval()
+    folder = tmp_path / "t5"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(model.config.to_dict()))
+    sd = {k: v.contiguous() for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    keys = sorted(sd)
+    half = len(keys) // 2  # two shards
+    save_file({k: sd[k] for k in keys[:half]}, str(folder / "model-00001-of-00002.safetensors"))
+    save_file({k: sd[k] for k in keys[half:]}, str(folder / "model-00002-of-00002.safetensors"))
+    tok_dir = make_tokenizer(str(tmp_path / "tokenizer"))
+    return model, str(folder), tok_dir
+
+
+def reference(model, tokenizer, prompt):
+    ids = tokenizer([prompt], padding="max_length", max_length=226, truncation=True, add_special_tokens=True,
+                    return_tensors="pt").input_ids
+    with torch.no_grad():
+        return model(ids)[0]
+
+
+def test_tokenize_matches_reference_settings(tiny_t5):
+    _, _, tok_dir = tiny_t5
+    tok = text.load_tokenizer(tok_dir)
+    ids = text.tokenize(tok, "a man smiles")
+    assert ids.shape == (1, 226)
+    assert ids[0, :4].tolist() == [3, 5, 7, 1]  # words then EOS
+    assert (ids[0, 4:] == 0).all()
+    long_ids = text.tokenize(tok, " ".join(["man"] * 400))
+    assert long_ids.shape == (1, 226) and long_ids[0, -1].item() == 1  # truncated, EOS kept
+
+
+def test_folder_encoder_equals_transformers(tiny_t5):
+    model, folder, tok_dir = tiny_t5
+    enc = text.load_t5_encoder(folder, dtype=torch.float32, device="cpu")
+    tok = text.load_tokenizer(tok_dir)
+    got = text.encode_prompt(enc, tok, "a woman walks in the park")
+    want = reference(model, tok, "a woman walks in the park")
+    assert got.shape == (1, 226, 16)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_single_file_with_config_metadata(tiny_t5, tmp_path):
+    model, _, tok_dir = tiny_t5
+    path = tmp_path / "t5_single.safetensors"
+    sd = {k: v.contiguous() for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    save_file(sd, str(path), metadata={"config": json.dumps(model.config.to_dict())})
+    enc = text.load_t5_encoder(str(path), dtype=torch.float32)
+    tok = text.load_tokenizer(tok_dir)
+    torch.testing.assert_close(text.encode_prompt(enc, tok, "red hat"), reference(model, tok, "red hat"))
+
+
+def test_bf16_load(tiny_t5):
+    _, folder, tok_dir = tiny_t5
+    enc = text.load_t5_encoder(folder, dtype=torch.bfloat16)
+    out = text.encode_prompt(enc, text.load_tokenizer(tok_dir), "a man")
+    assert out.dtype == torch.bfloat16 and out.shape == (1, 226, 16)
+
+
+def test_clear_errors(tmp_path, tiny_t5):
+    with pytest.raises(FileNotFoundError):
+        text.load_t5_encoder(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="config.json"):
+        text.load_t5_encoder(str(tmp_path / "empty"))
+    bare = tmp_path / "bare.safetensors"
+    save_file({"x": torch.zeros(1)}, str(bare))
+    with pytest.raises(CheckpointError, match="config"):
+        text.load_t5_encoder(str(bare))
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"x": torch.zeros(1)}, str(wrong), metadata={"config": json.dumps(tiny_config().to_dict())})
+    with pytest.raises(CheckpointError, match="missing"):
+        text.load_t5_encoder(str(wrong))
+    pkl = tmp_path / "model.bin"
+    pkl.write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="pickle"):
+        text.load_t5_encoder(str(pkl))
+    with pytest.raises(FileNotFoundError, match="tokenizer"):
+        text.load_tokenizer(str(tmp_path / "empty"))
+
+
+def test_find_tokenizer_beside(tmp_path):
+    root = tmp_path / "CogVideoX"
+    (root / "text_encoder").mkdir(parents=True)
+    make_tokenizer(str(root / "tokenizer"))
+    assert text.find_tokenizer_beside(str(root / "text_encoder")) == str(root / "tokenizer")
+    assert text.find_tokenizer_beside(str(tmp_path / "elsewhere.safetensors")) is None
+
+
+def test_sentencepiece_tokenizer_folder(tmp_path):
+    """A T5Tokenizer built from a sentencepiece model (the released tokenizer/ folder kind)."""
+    spm = pytest.importorskip("sentencepiece")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))) * 20)
+    prefix = str(tmp_path / "sp")
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=prefix, vocab_size=30, model_type="unigram", hard_vocab_limit=False,
+                                   pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    tok = transformers.T5Tokenizer(vocab_file=prefix + ".model", extra_ids=0)
+    folder = tmp_path / "tokenizer"
+    tok.save_pretrained(str(folder))
+    loaded = text.load_tokenizer(str(folder))
+    ids = text.tokenize(loaded, "a man smiles")
+    assert ids.shape == (1, 226)
+    n = int((ids[0] != 0).sum())
+    assert ids[0, n - 1].item() == 1 and (ids[0, n:] == 0).all()
