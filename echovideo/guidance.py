@@ -1,0 +1,19 @@
+"""Dynamic classifier-free guidance (CogVideoX/EchoVideo schedule)."""
+import math
+
+
+def dynamic_guidance_scale(guidance_scale: float, timestep: int, num_inference_steps: int) -> float:
+    """Scale at integer scheduler timestep t: 1 + g (1 - cos(pi ((T - t) / T)^5)) / 2, T = steps.
+
+    Python float64, as the reference: the cosine's argument is huge, float32 would give other scales."""
+    t = int(timestep)
+    steps = num_inference_steps
+    return 1 + guidance_scale * (1 - math.cos(math.pi * ((steps - t) / steps) ** 5.0)) / 2
+
+
+def guidance_scale_at(guidance_scale: float, timestep: int, num_inference_steps: int, dynamic: bool) -> float:
+    return dynamic_guidance_scale(guidance_scale, timestep, num_inference_steps) if dynamic else guidance_scale
+
+
+def combine_guidance(pred_uncond, pred_cond, scale: float):
+    return pred_uncond + scale * (pred_cond - pred_uncond)

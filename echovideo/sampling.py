@@ -1,0 +1,110 @@
+"""The sampling loop: CogVideoXDPMScheduler (v-prediction), CFG batched [unconditional, conditional],
+dynamic CFG, one seeded CPU generator for the initial noise and every scheduler draw."""
+from typing import Callable, Optional
+
+import torch
+
+from .errors import check
+from .guidance import combine_guidance, guidance_scale_at
+from .rope import rotary_embedding_for_video
+from .video import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION
+
+RELEASED_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    trained_betas=None, clip_sample=False, set_alpha_to_one=True, steps_offset=0,
+    prediction_type="v_prediction", clip_sample_range=1.0, sample_max_value=1.0,
+    timestep_spacing="trailing", rescale_betas_zero_snr=True, snr_shift_scale=1.0)
+
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+def make_scheduler(config: Optional[dict] = None):
+    from diffusers import CogVideoXDPMScheduler
+
+    return CogVideoXDPMScheduler(**(config or RELEASED_SCHEDULER_CONFIG))
+
+
+def compute_dtype_of(model) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype if p.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.bfloat16
+    return torch.float32
+
+
+def initial_noise(shape, seed: int) -> torch.Tensor:
+    """The first draw of the seeded CPU generator (float32)."""
+    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(seed)), dtype=torch.float32)
+
+
+class DiTCaller:
+    """Calls the DiT on the CFG batch; counts calls. Subclassed by the step cache."""
+
+    def __init__(self, model):
+        self.model = model
+        self.calls = 0
+
+    def __call__(self, x, context, timestep, rope, step_index, num_steps):
+        self.calls += 1
+        return self.model(x, context, timestep, rope)
+
+
+@torch.no_grad()
+def sample(model, positive_context: torch.Tensor, negative_context: Optional[torch.Tensor],
+           image_latents: torch.Tensor, *, steps: int = 50, guidance_scale: float = 6.0,
+           dynamic_cfg: bool = True, seed: int = 42, callback: Optional[StepCallback] = None,
+           scheduler_config: Optional[dict] = None, dtype: Optional[torch.dtype] = None,
+           dit_caller: Optional[DiTCaller] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Denoised latents [1, F, C, h, w] (float32).
+
+    positive_context / negative_context: IITF-fused contexts [1, L, D] (negative: negative prompt,
+    zero ArcFace embedding, SigLIP tokens of a black image). image_latents: face-frame latents
+    [1, F, C, h, w]; the video size follows from them. guidance_scale <= 1 skips the unconditional branch."""
+    cfg = model.config
+    check(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer >= 1")
+    check(image_latents.dim() == 5 and image_latents.shape[0] == 1 and image_latents.shape[2] == cfg.out_channels
+          and image_latents.shape[3] % cfg.patch_size == 0 and image_latents.shape[4] % cfg.patch_size == 0,
+          "image_latents", tuple(image_latents.shape),
+          f"[1, latent frames, {cfg.out_channels}, h, w] with h, w multiples of {cfg.patch_size}")
+    check(positive_context.dim() == 3 and positive_context.shape[0] == 1, "positive_context",
+          tuple(positive_context.shape), "[1, tokens, dim]")
+    use_cfg = guidance_scale > 1.0
+    if use_cfg:
+        check(negative_context is not None and tuple(negative_context.shape) == tuple(positive_context.shape),
+              "negative_context", None if negative_context is None else tuple(negative_context.shape),
+              f"{tuple(positive_context.shape)} when guidance_scale > 1")
+
+    device = next(model.parameters()).device
+    dtype = dtype or compute_dtype_of(model)
+    _, n_lat, _, h, w = image_latents.shape
+    rope = rotary_embedding_for_video(cfg.attention_head_dim, cfg.patch_size, h * SPATIAL_COMPRESSION,
+                                      w * SPATIAL_COMPRESSION, (n_lat - 1) * TEMPORAL_COMPRESSION + 1, device=device)
+
+    generator = generator or torch.Generator("cpu").manual_seed(int(seed))
+    noise = torch.randn(image_latents.shape, generator=generator, dtype=torch.float32)
+    scheduler = make_scheduler(scheduler_config)
+    scheduler.set_timesteps(steps, device="cpu")
+    latents = (noise * scheduler.init_noise_sigma).to(device)
+
+    contexts = torch.cat([negative_context, positive_context]) if use_cfg else positive_context
+    contexts = contexts.to(device=device, dtype=dtype)
+    batch = contexts.shape[0]
+    image_in = image_latents.to(device=device, dtype=dtype).expand(batch, -1, -1, -1, -1)
+    caller = dit_caller or DiTCaller(model)
+
+    timesteps = scheduler.timesteps
+    old_pred_original = None
+    for i, t in enumerate(timesteps):
+        x = latents.to(dtype).expand(batch, -1, -1, -1, -1)
+        x = torch.cat([x, image_in], dim=2)
+        t_batch = t.expand(batch).to(device)
+        pred = caller(x, contexts, t_batch, rope, i, len(timesteps)).float()
+        if use_cfg:
+            uncond, cond = pred.chunk(2)
+            pred = combine_guidance(uncond, cond, guidance_scale_at(guidance_scale, int(t), steps, dynamic_cfg))
+        latents, old_pred_original = scheduler.step(
+            pred, old_pred_original, t, timesteps[i - 1] if i > 0 else None, latents,
+            generator=generator, return_dict=False)
+        latents = latents.float()
+        if callback is not None:
+            callback(i + 1, len(timesteps), latents)
+    return latents

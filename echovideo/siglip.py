@@ -1,0 +1,90 @@
+"""SigLIP face tokens: the reference's preprocessing and the vision model's last hidden state."""
+import json
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import CheckpointError, check
+
+
+def siglip_pixel_values(face_uint8: np.ndarray, image_size: int) -> torch.Tensor:
+    """[1, 3, S, S]: PIL bicubic resize of the uint8 face, /255, (x - 0.5) / 0.5, rounded to bfloat16."""
+    check(isinstance(face_uint8, np.ndarray) and face_uint8.dtype == np.uint8 and face_uint8.ndim == 3
+          and face_uint8.shape[2] == 3, "face image", getattr(face_uint8, "shape", type(face_uint8)),
+          "a uint8 H x W x 3 RGB array")
+    resized = np.asarray(Image.fromarray(face_uint8).resize((image_size, image_size), Image.BICUBIC))
+    x = (resized.astype(np.float64) * (1 / 255)).astype(np.float32)
+    x = (x - np.float32(0.5)) / np.float32(0.5)
+    t = torch.from_numpy(x).permute(2, 0, 1).unsqueeze(0).contiguous()
+    return t.to(torch.bfloat16).float()
+
+
+def build_siglip(vision_config: dict, dtype=torch.float32, device="cpu"):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    config = SiglipVisionConfig(**{k: v for k, v in vision_config.items() if not k.startswith("_")})
+    model = SiglipVisionModel(config)
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def load_siglip_state(model, state: dict):
+    """Loads `vision_model.*` keys (transformers 4.x layout) into either transformers layout.
+    Returns the missing keys (position_ids buffers excluded)."""
+    vision = {k: v for k, v in state.items() if k.startswith("vision_model.")}
+    prefixed = any(k.startswith("vision_model.") for k in model.state_dict())
+    if not prefixed:
+        vision = {k[len("vision_model."):]: v for k, v in vision.items()}
+    missing, _ = model.load_state_dict(vision, strict=False)
+    return [k for k in missing if "position_ids" not in k] if vision else list(model.state_dict())
+
+
+def load_siglip(path: str, dtype=torch.float32, device="cpu"):
+    """SiglipVisionModel from a folder (config.json + model.safetensors, vision or full SigLIP config)
+    or a single .safetensors whose metadata key "config" holds the vision config."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if os.path.isdir(path):
+        cfg_file = os.path.join(path, "config.json")
+        if not os.path.isfile(cfg_file):
+            raise CheckpointError(f"SigLIP folder {path} has no config.json")
+        with open(cfg_file) as f:
+            cfg = json.load(f)
+        files = sorted(p for p in os.listdir(path) if p.endswith(".safetensors"))
+        if not files:
+            raise CheckpointError(f"SigLIP folder {path} has no .safetensors weights")
+        state = {}
+        for name in files:
+            state.update(load_file(os.path.join(path, name)))
+    else:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(path)
+        cfg = json.loads(meta["config"]) if "config" in meta else _siglip_base_config()
+    cfg = cfg.get("vision_config", cfg)
+    model = build_siglip(cfg, dtype=dtype, device=device)
+    missing = load_siglip_state(model, state)
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a SigLIP vision model (google/siglip-base-patch16-224): "
+            f"missing {missing[:3] or 'all vision_model.* keys'}")
+    return model
+
+
+def _siglip_base_config() -> dict:
+    """google/siglip-base-patch16-224's vision config."""
+    return dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                num_channels=3, image_size=224, patch_size=16, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
+
+
+@torch.no_grad()
+def face_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Last hidden state [B, tokens, hidden] of SigLIP for the given pixel values."""
+    p = next(model.parameters())
+    return model(pixel_values.to(device=p.device, dtype=p.dtype)).last_hidden_state.float()
+
+
+def image_size_of(model) -> int:
+    return int(model.config.image_size)

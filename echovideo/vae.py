@@ -1,0 +1,157 @@
+"""CogVideoX VAE: face-frame latents (encode) and video decode with tiling and frame batching."""
+import json
+import os
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import CheckpointError, check
+from .video import check_video_size, latent_frames
+
+RELEASED_VAE_CONFIG = dict(
+    in_channels=3, out_channels=3,
+    down_block_types=["CogVideoXDownBlock3D"] * 4, up_block_types=["CogVideoXUpBlock3D"] * 4,
+    block_out_channels=[128, 256, 256, 512], latent_channels=16, layers_per_block=3, act_fn="silu",
+    norm_eps=1e-6, norm_num_groups=32, temporal_compression_ratio=4, sample_height=480, sample_width=720,
+    scaling_factor=0.7, shift_factor=None, latents_mean=None, latents_std=None, force_upcast=True,
+    use_quant_conv=False, use_post_quant_conv=False)
+
+
+def build_vae(config: dict, dtype=torch.float32, device="cpu"):
+    from diffusers import AutoencoderKLCogVideoX
+
+    cfg = {k: v for k, v in config.items() if not k.startswith("_")}
+    vae = AutoencoderKLCogVideoX(**cfg)
+    return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def load_vae(path: str, dtype=torch.float32, device="cpu"):
+    """AutoencoderKLCogVideoX from a diffusers folder (config.json + safetensors) or one .safetensors
+    (config from its metadata key "config", else the released CogVideoX-5B VAE config)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if os.path.isdir(path):
+        cfg_file = os.path.join(path, "config.json")
+        if not os.path.isfile(cfg_file):
+            raise CheckpointError(f"VAE folder {path} has no config.json")
+        with open(cfg_file) as f:
+            cfg = json.load(f)
+        state = {}
+        for name in sorted(os.listdir(path)):
+            if name.endswith(".safetensors"):
+                state.update(load_file(os.path.join(path, name)))
+    else:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+        cfg = json.loads(meta["config"]) if "config" in meta else RELEASED_VAE_CONFIG
+        state = load_file(path)
+    vae = build_vae(cfg, dtype=torch.float32, device="cpu")
+    missing, unexpected = vae.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} is not a CogVideoX VAE with this config: first missing key {missing[:1]}, first unexpected "
+            f"key {unexpected[:1]} ({len(missing)} missing, {len(unexpected)} unexpected). Use the CogVideoX-5B "
+            f"VAE (vae/diffusion_pytorch_model.safetensors of the EchoVideo or CogVideoX-5b release).")
+    return vae.to(device=device, dtype=dtype)
+
+
+def pad_to_aspect(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Pads with black to the video's aspect ratio, as the reference (top/left padding = pad // 2)."""
+    ratio = width / height
+    h, w = image.shape[:2]
+    m = min(h, w)
+    if ratio > 1.0:
+        new_h, new_w = m, int(m * ratio)
+    else:
+        new_h, new_w = int(m / ratio), m
+    new_h, new_w = max(new_h, h), max(new_w, w)
+    top, left = (new_h - h) // 2, (new_w - w) // 2
+    out = np.zeros((new_h, new_w, 3), dtype=image.dtype)
+    out[top:top + h, left:left + w] = image
+    return out
+
+
+def first_frame_pixels(face_uint8: np.ndarray, width: int, height: int) -> torch.Tensor:
+    """[1, 3, H, W] in [-1, 1]: face padded to the aspect ratio, Lanczos-resized to W x H."""
+    check(isinstance(face_uint8, np.ndarray) and face_uint8.dtype == np.uint8 and face_uint8.ndim == 3
+          and face_uint8.shape[2] == 3, "face image", getattr(face_uint8, "shape", type(face_uint8)),
+          "a uint8 H x W x 3 RGB array")
+    padded = Image.fromarray(pad_to_aspect(face_uint8, width, height))
+    resized = np.asarray(padded.resize((width, height), Image.LANCZOS)).astype(np.float32) / np.float32(255.0)
+    x = torch.from_numpy(resized).permute(2, 0, 1).unsqueeze(0)
+    return 2.0 * x - 1.0
+
+
+@torch.no_grad()
+def encode_face_frame(vae, face_uint8: np.ndarray, width: int, height: int, num_frames: int,
+                      dtype=torch.float32) -> torch.Tensor:
+    """Image latents [1, F, C, h, w]: latent frame 0 = VAE posterior mode of the face frame times the
+    scaling factor, zeros in the other latent frames."""
+    check_video_size(width, height, num_frames)
+    p = next(vae.parameters())
+    pixels = first_frame_pixels(face_uint8, width, height).to(device=p.device, dtype=p.dtype)
+    latent = vae.encode(pixels.unsqueeze(2)).latent_dist.mode()  # [1, C, 1, h, w]
+    latent = (vae.config.scaling_factor * latent.to(dtype)).permute(0, 2, 1, 3, 4)
+    rest = torch.zeros((1, latent_frames(num_frames) - 1, *latent.shape[2:]), dtype=dtype, device=latent.device)
+    return torch.cat([latent, rest], dim=1)
+
+
+def configure_tiling(vae, tiling: bool, tile_size: Optional[int] = None, overlap: float = 0.2) -> None:
+    if not tiling:
+        vae.disable_tiling()
+        return
+    kwargs = {}
+    if tile_size:
+        kwargs = dict(tile_sample_min_height=tile_size, tile_sample_min_width=tile_size,
+                      tile_overlap_factor_height=overlap, tile_overlap_factor_width=overlap)
+        kwargs = {k: v for k, v in kwargs.items() if k in _tiling_params(vae)}
+    vae.enable_tiling(**kwargs)
+
+
+def _tiling_params(vae):
+    import inspect
+
+    return set(inspect.signature(vae.enable_tiling).parameters)
+
+
+@torch.no_grad()
+def decode_raw(vae, latents: torch.Tensor, tiling: bool = False, tile_size: Optional[int] = None,
+               progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+    """latents [B, F, C, h, w] (scaled) -> frames [B, 3, frames, H, W] in the VAE's range (about [-1, 1]).
+
+    The VAE decodes latent frames in chunks of 2 with a causal conv cache, so memory does not grow
+    with video length; tiling bounds it spatially."""
+    check(latents.dim() == 5 and latents.shape[2] == vae.config.latent_channels, "latents", tuple(latents.shape),
+          f"[batch, latent frames, {vae.config.latent_channels}, h, w]")
+    configure_tiling(vae, tiling, tile_size)
+    p = next(vae.parameters())
+    z = (latents.to(device=p.device, dtype=p.dtype) / vae.config.scaling_factor).permute(0, 2, 1, 3, 4)
+    outs = []
+    for i in range(z.shape[0]):
+        outs.append(vae.decode(z[i:i + 1]).sample.float().cpu())
+        if progress:
+            progress(i + 1, z.shape[0])
+    return torch.cat(outs, dim=0)
+
+
+def decode_to_images(vae, latents: torch.Tensor, tiling: bool = True, tile_size: Optional[int] = None,
+                     progress=None, retry_tiled_on_oom: bool = True, log=print) -> torch.Tensor:
+    """Frames [B * frames, H, W, 3] float in [0, 1] (ComfyUI IMAGE layout)."""
+    try:
+        video = decode_raw(vae, latents, tiling, tile_size, progress)
+    except torch.OutOfMemoryError:
+        if tiling or not retry_tiled_on_oom:
+            raise
+        log("EchoVideo VAE decode ran out of memory untiled; retrying with tiling")
+        _free_cache()
+        video = decode_raw(vae, latents, True, tile_size, progress)
+    video = (video / 2 + 0.5).clamp(0, 1)
+    return video.permute(0, 2, 3, 4, 1).reshape(-1, video.shape[3], video.shape[4], 3)
+
+
+def _free_cache():
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
