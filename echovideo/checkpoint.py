@@ -1,0 +1,168 @@
+"""Checkpoint loading for the EchoVideo DiT: the released diffusers folder (sharded safetensors +
+index + config.json) or one merged .safetensors; bf16 / fp16 / fp32 / fp8 storage. safetensors only."""
+import json
+import os
+from typing import Dict, Optional, Tuple
+
+import torch
+from safetensors import safe_open
+
+from .config import RELEASED_CONFIG, TransformerConfig
+from .errors import CheckpointError
+from .iitf import IITF
+from .ops import is_fp8, operations_for
+from .transformer import EchoVideoTransformer
+
+KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
+SAFETENSORS_HINT = "EchoVideo loads .safetensors only (no pickle files: .bin/.pt/.ckpt)"
+
+
+def _weight_files(path: str):
+    """(list of safetensors files, config dict or None)."""
+    if os.path.isdir(path):
+        cfg_file = os.path.join(path, "config.json")
+        config = json.load(open(cfg_file)) if os.path.isfile(cfg_file) else None
+        index = [f for f in os.listdir(path) if f.endswith(".safetensors.index.json")]
+        if index:
+            with open(os.path.join(path, index[0])) as f:
+                names = sorted(set(json.load(f)["weight_map"].values()))
+        else:
+            names = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+        if not names:
+            raise CheckpointError(f"{path}: no .safetensors weights in this folder; {SAFETENSORS_HINT}")
+        files = [os.path.join(path, n) for n in names]
+        missing = [f for f in files if not os.path.isfile(f)]
+        if missing:
+            raise CheckpointError(f"{path}: the index names {os.path.basename(missing[0])}, which is not in the "
+                                  f"folder; download every shard of the transformer")
+        return files, config
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file or folder")
+    if not path.endswith(".safetensors"):
+        raise CheckpointError(f"{path}: {SAFETENSORS_HINT}")
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+    config = json.loads(meta["config"]) if "config" in meta else None
+    return [path], config
+
+
+def read_header(path: str) -> Tuple[Dict[str, Tuple[tuple, torch.dtype]], dict]:
+    """Key -> (shape, dtype) of the checkpoint (prefixes stripped) and its config (released if absent)."""
+    files, config = _weight_files(path)
+    layout = {}
+    for file in files:
+        with safe_open(file, "pt") as f:
+            for key in f.keys():
+                sl = f.get_slice(key)
+                layout[_strip(key)] = (tuple(sl.get_shape()), _dtype(sl.get_dtype()))
+    return layout, (config if config is not None else RELEASED_CONFIG.to_dict())
+
+
+def _strip(key: str) -> str:
+    for p in KEY_PREFIXES:
+        if key.startswith(p):
+            return key[len(p):]
+    return key
+
+
+def _dtype(name: str) -> torch.dtype:
+    table = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+             "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None)}
+    return table.get(name, torch.float32)
+
+
+def expected_layout(config: TransformerConfig) -> Dict[str, tuple]:
+    """Key -> shape of the model built from `config` (on the meta device: no allocation)."""
+    with torch.device("meta"):
+        model = EchoVideoTransformer(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def diagnose(found: Dict[str, tuple], expected: Dict[str, tuple]) -> Optional[str]:
+    """None when the layouts agree, else a message naming the first missing/unexpected keys and the cause."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    wrong = [k for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    if not (missing or unexpected or wrong):
+        return None
+    parts = [f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} wrong-shape keys"]
+    if missing:
+        parts.append(f"first missing: {missing[0]}")
+    if unexpected:
+        parts.append(f"first unexpected: {unexpected[0]}")
+    if wrong:
+        parts.append(f"first wrong shape: {wrong[0]} is {tuple(found[wrong[0]])}, needs {tuple(expected[wrong[0]])}")
+    causes = []
+    if missing and all(k.split(".")[0] in IITF.SUBMODULES for k in missing):
+        causes.append("this looks like a plain CogVideoX-5B checkpoint without EchoVideo's identity modules "
+                      "(face_proj, text_proj, face_info_proj, face_prj_wofc); load the EchoVideo transformer")
+    pe = "patch_embed.proj.weight"
+    if pe in found and pe in expected and found[pe][1] != expected[pe][1]:
+        causes.append(f"in_channels is {found[pe][1]} instead of {expected[pe][1]}: a text-to-video CogVideoX "
+                      "checkpoint; EchoVideo needs 16 noise + 16 face-frame latent channels")
+    if not causes and (missing or unexpected):
+        causes.append("the file is not an EchoVideo transformer, or its config (safetensors metadata "
+                      "'config' or config.json) does not match its weights")
+    return "; ".join(parts) + ". Likely cause: " + "; ".join(causes)
+
+
+def load_state_dict(path: str, dtype: Optional[torch.dtype] = None, device="cpu") -> Dict[str, torch.Tensor]:
+    files, _ = _weight_files(path)
+    state = {}
+    for file in files:
+        with safe_open(file, "pt", device=str(device) if device != "meta" else "cpu") as f:
+            for key in f.keys():
+                t = f.get_tensor(key)
+                state[_strip(key)] = t if dtype is None else t.to(dtype)
+    return state
+
+
+def default_compute_dtype(weight_dtype: torch.dtype, device) -> torch.dtype:
+    if weight_dtype == torch.float32:
+        return torch.float32
+    if weight_dtype == torch.float16:
+        return torch.float16
+    return torch.bfloat16
+
+
+def load_transformer(path: str, weight_dtype: Optional[torch.dtype] = None,
+                     compute_dtype: Optional[torch.dtype] = None, operations=None, device="cpu",
+                     attention="sdpa") -> EchoVideoTransformer:
+    """Loads the DiT. weight_dtype: storage dtype (None = as stored; fp8 keeps fp8 and upcasts per layer).
+    compute_dtype: the dtype activations run in (default from the weights: fp32, fp16, else bf16)."""
+    layout, config_dict = read_header(path)
+    config = TransformerConfig.from_dict(config_dict)
+    problem = diagnose({k: v[0] for k, v in layout.items()}, expected_layout(config))
+    if problem:
+        raise CheckpointError(f"{path}: does not match the EchoVideo transformer: {problem}")
+    stored = {d for _, d in layout.values()}
+    if weight_dtype is None:
+        weight_dtype = next(iter(stored)) if len(stored) == 1 else torch.bfloat16
+    compute_dtype = compute_dtype or default_compute_dtype(weight_dtype, device)
+    ops = operations or operations_for(weight_dtype, compute_dtype)
+    with torch.device("meta"):
+        model = EchoVideoTransformer(config, operations=ops, attention=attention)
+    state = load_state_dict(path, device="cpu")
+    state = {k: _convert(v, weight_dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    model.compute_dtype = compute_dtype
+    model.weight_dtype = weight_dtype
+    return model.to(device).eval().requires_grad_(False)
+
+
+def _convert(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if t.dtype == dtype:
+        return t
+    if is_fp8(dtype) and t.dtype != torch.float32:
+        t = t.float()
+    return t.to(dtype)
+
+
+def save_single_file(model_or_state, config, path: str, dtype: Optional[torch.dtype] = None) -> None:
+    """One .safetensors with the config JSON in its metadata (how tiny models describe themselves)."""
+    from safetensors.torch import save_file
+
+    state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
+    state = {k: (v if dtype is None else _convert(v, dtype)).contiguous() for k, v in state.items()}
+    cfg = config.to_dict() if isinstance(config, TransformerConfig) else dict(config)
+    save_file(state, path, metadata={"config": json.dumps(cfg), "format": "pt"})

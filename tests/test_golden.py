@@ -1,0 +1,154 @@
+"""The published EchoVideo code's numbers (ECHOVIDEO_GOLDEN files) reproduced by echovideo/.
+
+Tolerances: |ours - reference| <= 1e-4 * max|reference| + 1e-4 * |reference| elementwise
+(rtol 1e-4, atol 1e-4 relative to each tensor's scale), except the final latents, which the
+reference casts to float16: there each element must be within one float16 step of the reference."""
+import numpy as np
+import pytest
+import torch
+
+from echovideo import sampling, siglip
+from echovideo import vae as vae_lib
+from echovideo.rope import rotary_embedding_for_video
+from echovideo.transformer import EchoVideoTransformer
+from golden import Golden, assert_close_scaled, golden_paths
+
+pytestmark = pytest.mark.golden
+
+
+@pytest.fixture(scope="module", params=golden_paths())
+def golden(request):
+    return Golden(request.param)
+
+
+def build_dit(g, dtype=torch.float32):
+    with torch.device("meta"):
+        model = EchoVideoTransformer(g.meta["transformer_config"])
+    model.load_state_dict({k: v.to(dtype) for k, v in g.weights("transformer").items()}, assign=True)
+    return model.eval()
+
+
+def level1_inputs(g):
+    hs = g["transformer.in.hidden_states"]
+    return hs, g["transformer.in.text_embeds"], g["transformer.in.face_tokens"], g["transformer.in.id_embedding"], \
+        g["transformer.in.timestep"]
+
+
+def test_rope_equals_reference(golden):
+    hs = golden["transformer.in.hidden_states"]
+    cfg = golden.meta["transformer_config"]
+    frames = (hs.shape[1] - 1) * 4 + 1
+    cos, sin = rotary_embedding_for_video(cfg["attention_head_dim"], cfg["patch_size"], hs.shape[3] * 8,
+                                          hs.shape[4] * 8, frames)
+    torch.testing.assert_close(cos, golden["transformer.in.rope_cos"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(sin, golden["transformer.in.rope_sin"], rtol=0, atol=1e-6)
+
+
+@torch.no_grad()
+def test_level1_fused_context_and_model_output(golden):
+    model = build_dit(golden)
+    hs, text, face, ident, t = level1_inputs(golden)
+    ctx = model.fuse_identity(text, face, ident)
+    assert_close_scaled(ctx, golden["transformer.out.fused_context"], name="fused_context")
+    hs_dims = hs.shape
+    rope = rotary_embedding_for_video(model.config.attention_head_dim, model.config.patch_size, hs_dims[3] * 8,
+                                      hs_dims[4] * 8, (hs_dims[1] - 1) * 4 + 1)
+    out = model(hs, ctx, t, rope)
+    assert_close_scaled(out, golden["transformer.out.model_output"], name="model_output")
+
+
+@torch.no_grad()
+def test_level1_bf16_error_is_bounded(golden, record_property):
+    """bf16 weights and activations: reports the error seen; bound 5% of the output's scale."""
+    model = build_dit(golden, torch.bfloat16)
+    hs, text, face, ident, t = level1_inputs(golden)
+    ctx = model.fuse_identity(text.bfloat16(), face.bfloat16(), ident.bfloat16())
+    rope = (golden["transformer.in.rope_cos"], golden["transformer.in.rope_sin"])
+    out = model(hs.bfloat16(), ctx, t, rope).float()
+    ref = golden["transformer.out.model_output"]
+    rel = ((out - ref).abs().max() / ref.abs().max()).item()
+    record_property("bf16_max_rel_error", rel)
+    print(f"bf16 level-1 max error / scale: {rel:.4f}")
+    assert rel < 0.05
+
+
+class Level2:
+    """Runs the pipeline from pipeline.in.* and the seed only."""
+
+    def __init__(self, g):
+        meta = g.meta
+        self.g = g
+        self.face = g["pipeline.in.face_image_uint8"].numpy()
+        self.siglip = siglip.build_siglip(meta["siglip_vision_config"])
+        assert siglip.load_siglip_state(self.siglip, g.weights("siglip")) == []
+        self.vae = vae_lib.build_vae(meta["vae_config"])
+        self.vae.load_state_dict(g.weights("vae"))
+        self.dit = build_dit(g)
+        size = meta["siglip_image_size"]
+        self.pixel_values = siglip.siglip_pixel_values(self.face, size)
+        self.neg_pixel_values = siglip.siglip_pixel_values(np.zeros_like(self.face), size)
+        self.face_tokens = siglip.face_tokens(self.siglip, self.pixel_values)
+        self.neg_face_tokens = siglip.face_tokens(self.siglip, self.neg_pixel_values)
+        w, h, f = meta["width"], meta["height"], meta["num_frames"]
+        self.first_frame = vae_lib.first_frame_pixels(self.face, w, h)
+        self.image_latents = vae_lib.encode_face_frame(self.vae, self.face, w, h, f)
+        ident = g["pipeline.in.id_embedding"].to(torch.bfloat16).float()
+        with torch.no_grad():
+            self.pos = self.dit.fuse_identity(g["pipeline.in.prompt_embeds"], self.face_tokens, ident)
+            self.neg = self.dit.fuse_identity(g["pipeline.in.negative_prompt_embeds"], self.neg_face_tokens,
+                                              torch.zeros_like(ident))
+        self.steps_seen = []
+        self.latents = sampling.sample(
+            self.dit, self.pos, self.neg, self.image_latents, steps=meta["num_inference_steps"],
+            guidance_scale=meta["guidance_scale"], dynamic_cfg=meta["use_dynamic_cfg"], seed=meta["seed"],
+            callback=lambda i, n, lat: self.steps_seen.append((i, n, tuple(lat.shape))))
+
+
+@pytest.fixture(scope="module")
+def level2(golden):
+    return Level2(golden)
+
+
+def test_level2_siglip_pixels_and_tokens(level2):
+    g = level2.g
+    assert_close_scaled(level2.pixel_values, g["pipeline.mid.siglip_pixel_values"], name="siglip_pixel_values")
+    assert_close_scaled(level2.neg_pixel_values, g["pipeline.mid.negative_siglip_pixel_values"],
+                        name="negative_siglip_pixel_values")
+    assert_close_scaled(level2.face_tokens, g["pipeline.mid.face_tokens"], name="face_tokens")
+    assert_close_scaled(level2.neg_face_tokens, g["pipeline.mid.negative_face_tokens"], name="negative_face_tokens")
+
+
+def test_level2_first_frame_and_image_latents(level2):
+    g = level2.g
+    assert_close_scaled(level2.first_frame, g["pipeline.mid.first_frame_pixels"], name="first_frame_pixels")
+    assert_close_scaled(level2.image_latents, g["pipeline.mid.image_latents"], name="image_latents")
+
+
+def test_level2_initial_noise(level2):
+    g = level2.g
+    noise = sampling.initial_noise(g["pipeline.mid.initial_noise"].shape, g.meta["seed"])
+    assert_close_scaled(noise, g["pipeline.mid.initial_noise"], name="initial_noise")
+
+
+def float16_step(x: torch.Tensor) -> torch.Tensor:
+    """Spacing of float16 values at |x| (subnormal spacing below the normal range)."""
+    a = x.abs().clamp_min(2.0 ** -14)
+    return torch.exp2(torch.floor(torch.log2(a)) - 10)
+
+
+def test_level2_final_latents_within_one_float16_step(level2):
+    ref = level2.g["pipeline.out.latents"]
+    diff = (level2.latents - ref).abs()
+    step = float16_step(ref)
+    assert (diff <= step).all(), f"max |diff| / float16 step = {(diff / step).max().item():.2f}"
+    n = level2.g.meta["num_inference_steps"]
+    assert [s[0] for s in level2.steps_seen] == list(range(1, n + 1))
+
+
+def test_level2_frames_from_reference_latents(level2):
+    g = level2.g
+    frames = vae_lib.decode_raw(level2.vae, g["pipeline.out.latents"])
+    assert_close_scaled(frames, g["pipeline.out.frames"], name="frames")
+    images = vae_lib.decode_to_images(level2.vae, g["pipeline.out.latents"], tiling=False)
+    assert images.shape == (frames.shape[2], frames.shape[3], frames.shape[4], 3)
+    assert images.min() >= 0 and images.max() <= 1
