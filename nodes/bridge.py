@@ -1,0 +1,318 @@
+"""The one module that imports ComfyUI. Nodes talk to ComfyUI only through here.
+
+Folders, file resolution, devices/dtypes, ModelPatcher wrapping and loading, casting ops,
+progress + latent previews, interrupts, and the unload hook for the face-model cache.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, Iterable, List, Optional
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+import comfy.utils
+import folder_paths
+
+log = logging.getLogger("EchoVideo")
+
+README_HINT = "see the README model table"
+
+# folder name -> (default subfolder of models/, extensions; empty set = any file or folder)
+MODEL_FOLDERS = {
+    "insightface": ("insightface", set()),
+    "facexlib": ("facexlib", {".pth", ".safetensors", ".onnx"}),
+    "clip_vision": ("clip_vision", set(folder_paths.supported_pt_extensions)),
+}
+SAFETENSORS = (".safetensors", ".sft")
+
+
+# ---------------------------------------------------------------- folders
+
+def register_model_folders() -> None:
+    """Add our model folders, keeping paths that extra_model_paths.yaml already added (it is read first)."""
+    for name, (sub, exts) in MODEL_FOLDERS.items():
+        default = os.path.join(folder_paths.models_dir, sub)
+        entry = folder_paths.folder_names_and_paths.get(name)
+        if entry is None:
+            folder_paths.folder_names_and_paths[name] = ([default], set(exts))
+            continue
+        paths, known = entry
+        if default not in paths:
+            paths.append(default)
+        if isinstance(known, set) and exts:
+            known.update(exts)
+
+
+def folders(name: str) -> List[str]:
+    try:
+        return folder_paths.get_folder_paths(name)
+    except KeyError:
+        return []
+
+
+def file_list(name: str, extensions: Iterable[str] = SAFETENSORS) -> List[str]:
+    """Files under a model folder, filtered by extension (safetensors by default)."""
+    try:
+        names = folder_paths.get_filename_list(name)
+    except KeyError:
+        return []
+    exts = tuple(extensions)
+    return [n for n in names if not exts or n.lower().endswith(exts)]
+
+
+def subfolders_with(name: str, marker: str) -> List[str]:
+    """Subfolders (relative names, one level or two deep) of a model folder that contain `marker`."""
+    found = set()
+    for root in folders(name):
+        if not os.path.isdir(root):
+            continue
+        for d in sorted(os.listdir(root)):
+            p = os.path.join(root, d)
+            if not os.path.isdir(p):
+                continue
+            if os.path.isfile(os.path.join(p, marker)):
+                found.add(d)
+            for d2 in sorted(os.listdir(p)):  # e.g. CogVideoX-5b/text_encoder
+                if os.path.isfile(os.path.join(p, d2, marker)):
+                    found.add(f"{d}/{d2}")
+    return sorted(found)
+
+
+def _not_found(name: str, what: str) -> FileNotFoundError:
+    searched = folders(what) or [f"(no '{what}' folder registered)"]
+    return FileNotFoundError(
+        f"EchoVideo: model '{name}' not found in the '{what}' folders; searched: {', '.join(searched)}. "
+        f"Put the file there (or add a path in extra_model_paths.yaml) -- {README_HINT}.")
+
+
+def resolve(what: str, name: str) -> str:
+    """Full path of a file in a model folder, or a FileNotFoundError naming the folders searched."""
+    if not name:
+        raise _not_found("(none selected)", what)
+    path = folder_paths.get_full_path(what, name)
+    if path is None:
+        raise _not_found(name, what)
+    return path
+
+
+def resolve_dir(what: str, name: str) -> str:
+    """Full path of a subfolder (e.g. a transformers model folder) in a model folder."""
+    rel = os.path.normpath(name or "")
+    if rel.startswith("..") or os.path.isabs(rel) or not name:
+        raise _not_found(name or "(none selected)", what)
+    for root in folders(what):
+        p = os.path.join(root, rel)
+        if os.path.isdir(p):
+            return p
+    raise _not_found(name, what)
+
+
+def comfy_t5_tokenizer_dir() -> str:
+    """ComfyUI's shipped T5 tokenizer folder (the same tokenizer the reference uses)."""
+    import comfy.text_encoders.t5  # noqa: F401  (module location anchors the folder)
+
+    return os.path.join(os.path.dirname(os.path.realpath(comfy.text_encoders.t5.__file__)), "t5_tokenizer")
+
+
+# ---------------------------------------------------------------- devices / dtypes
+
+def torch_device() -> torch.device:
+    return mm.get_torch_device()
+
+
+def offload_device(kind: str = "unet") -> torch.device:
+    return {"unet": mm.unet_offload_device, "text": mm.text_encoder_offload_device,
+            "vae": mm.vae_offload_device}.get(kind, mm.unet_offload_device)()
+
+
+def load_device(kind: str = "unet") -> torch.device:
+    return {"text": mm.text_encoder_device, "vae": mm.vae_device}.get(kind, mm.get_torch_device)()
+
+
+def intermediate_device() -> torch.device:
+    return mm.intermediate_device()
+
+
+WEIGHT_DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+                 "fp8_e4m3fn": getattr(torch, "float8_e4m3fn", None), "fp8_e5m2": getattr(torch, "float8_e5m2", None)}
+
+
+def compute_dtype(device=None, model_params: int = 0) -> torch.dtype:
+    """bf16 where the device supports it (the reference runs bf16), else fp16, else fp32."""
+    device = device if device is not None else torch_device()
+    if mm.should_use_bf16(device, model_params=model_params, prioritize_performance=False):
+        return torch.bfloat16
+    if mm.should_use_fp16(device, model_params=model_params, prioritize_performance=False):
+        return torch.float16
+    return torch.float32
+
+
+def weight_dtype(choice: str, device=None) -> torch.dtype:
+    """Storage dtype for a weight-dtype combo value; 'default' = the compute dtype."""
+    if choice not in WEIGHT_DTYPES:
+        raise ValueError(f"EchoVideo: weight dtype {choice!r} unknown; choose one of {list(WEIGHT_DTYPES)}")
+    d = WEIGHT_DTYPES[choice]
+    if choice != "default" and d is None:
+        raise ValueError(f"EchoVideo: this torch build has no {choice}")
+    return d if d is not None else compute_dtype(device)
+
+
+def operations(weight: torch.dtype, compute: torch.dtype, device=None):
+    """ComfyUI layer ops: per-layer casting (fp8 storage, lowvram partial loading)."""
+    return comfy.ops.pick_operations(weight, compute, load_device=device)
+
+
+def text_encoder_dtype(device=None) -> torch.dtype:
+    return mm.text_encoder_dtype(device)
+
+
+# ---------------------------------------------------------------- model patchers
+
+class ModuleHolder(torch.nn.Module):
+    """Holds a module whose class has a read-only `device` (transformers models); ModelPatcher sets one."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+
+def wrap(module: torch.nn.Module, kind: str = "unet", size: int = 0):
+    """ModelPatcher so ComfyUI's model management loads/offloads the module (unwrap() gives it back)."""
+    if isinstance(getattr(type(module), "device", None), property):
+        module = ModuleHolder(module)
+    return comfy.model_patcher.ModelPatcher(module, load_device=load_device(kind),
+                                            offload_device=offload_device(kind), size=size)
+
+
+def unwrap(patcher) -> torch.nn.Module:
+    m = patcher.model
+    return m.inner if isinstance(m, ModuleHolder) else m
+
+
+def load_gpu(patchers, memory_required: int = 0) -> None:
+    """Load patchers to their load device (offloading other models as needed)."""
+    if not isinstance(patchers, (list, tuple)):
+        patchers = [patchers]
+    mm.load_models_gpu(list(patchers), memory_required=memory_required)
+
+
+def soft_empty_cache() -> None:
+    mm.soft_empty_cache()
+
+
+def check_interrupt() -> None:
+    """Raise ComfyUI's InterruptProcessingException when the user pressed cancel."""
+    mm.throw_exception_if_processing_interrupted()
+
+
+# ---------------------------------------------------------------- attention
+
+def register_comfy_attention() -> None:
+    """Offer ComfyUI's optimized attention (xformers/sage/flash as launched) as backend 'comfy'."""
+    try:
+        from echovideo.attention import register_attention
+    except ImportError:
+        return
+
+    def comfy_attention(q, k, v):
+        import comfy.ldm.modules.attention as attn
+
+        return attn.optimized_attention(q, k, v, q.shape[1], skip_reshape=True, skip_output_reshape=True)
+
+    register_attention("comfy", comfy_attention)
+
+
+# ---------------------------------------------------------------- progress / previews
+
+def _previews_enabled() -> bool:
+    try:
+        from comfy.cli_args import args, LatentPreviewMethod
+
+        return args.preview_method != LatentPreviewMethod.NoPreviews
+    except Exception:
+        return False
+
+
+def latent_preview_image(latents: torch.Tensor):
+    """Cheap RGB preview of a CogVideoX latent [B, F, C, h, w] (middle frame, first 3 channels, min-max)."""
+    from PIL import Image
+
+    x = latents.detach()
+    if x.dim() == 5:
+        x = x[0, x.shape[1] // 2]
+    elif x.dim() == 4:
+        x = x[0]
+    x = x[:3].float()
+    if x.shape[0] < 3:
+        x = x[:1].expand(3, -1, -1)
+    lo = x.amin(dim=(1, 2), keepdim=True)
+    hi = x.amax(dim=(1, 2), keepdim=True)
+    x = ((x - lo) / (hi - lo).clamp_min(1e-6)).mul(255).to("cpu", torch.uint8)
+    img = Image.fromarray(x.permute(1, 2, 0).numpy())
+    # upscale the 1/8 latent a little so the preview is visible
+    return img.resize((img.width * 4, img.height * 4), Image.NEAREST)
+
+
+class Progress:
+    """ProgressBar with optional latent previews; call it as callback(step, total, latents=None)."""
+
+    def __init__(self, total: int, previews: bool = True):
+        self.pbar = comfy.utils.ProgressBar(total)
+        self.previews = previews and _previews_enabled()
+
+    def __call__(self, step: int, total: int, latents: Optional[torch.Tensor] = None) -> None:
+        preview = None
+        if self.previews and latents is not None:
+            try:
+                from latent_preview import MAX_PREVIEW_RESOLUTION
+
+                preview = ("JPEG", latent_preview_image(latents), MAX_PREVIEW_RESOLUTION)
+            except Exception as e:  # previews must never break sampling
+                log.debug("EchoVideo preview failed: %s", e)
+        self.pbar.update_absolute(step, total, preview)
+
+
+# ---------------------------------------------------------------- unload hook
+
+_HOOKED = "_echovideo_release_hook"
+
+
+def _release_face_models() -> None:
+    try:
+        from echovideo.face import release_face_models
+    except ImportError:
+        return
+    try:
+        release_face_models()
+    except Exception as e:
+        log.warning("EchoVideo: releasing face models failed: %s", e)
+
+
+def install_unload_hook(extra: Optional[Callable[[], None]] = None) -> None:
+    """ComfyUI's 'unload models' / 'free memory' call mm.unload_all_models(); release our caches too."""
+    original = mm.unload_all_models
+    if getattr(original, _HOOKED, False):
+        return
+
+    def unload_all_models(*args, **kwargs):
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _release_face_models()
+            if extra is not None:
+                extra()
+
+    setattr(unload_all_models, _HOOKED, True)
+    unload_all_models.__wrapped__ = original
+    mm.unload_all_models = unload_all_models
+
+
+def setup() -> None:
+    """Called once when the pack loads."""
+    register_model_folders()
+    register_comfy_attention()
+    install_unload_hook()

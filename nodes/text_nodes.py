@@ -1,0 +1,152 @@
+"""EchoVideo T5 Loader and EchoVideo Text Encode."""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from comfy_api.latest import io
+
+from echovideo import text
+
+from . import bridge
+from .types import T5Bundle, T5Encoder, TextEmbeds, TextEmbedsData
+
+CATEGORY = "EchoVideo"
+NONE_FOUND = "(no T5 in models/text_encoders)"
+
+
+def t5_choices() -> list:
+    """Transformers folders (config.json inside) and single safetensors in models/text_encoders."""
+    names = bridge.subfolders_with("text_encoders", "config.json") + bridge.file_list("text_encoders")
+    return names or [NONE_FOUND]
+
+
+def _resolve_t5(name: str) -> str:
+    if name == NONE_FOUND:
+        name = ""
+    try:
+        return bridge.resolve_dir("text_encoders", name)
+    except FileNotFoundError:
+        return bridge.resolve("text_encoders", name)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(folder: str):
+    return text.load_tokenizer(folder)
+
+
+class T5Loader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EchoVideoT5Loader",
+            display_name="EchoVideo T5 Loader",
+            category=CATEGORY,
+            description="Loads the T5-XXL text encoder in transformers layout (a folder with config.json + "
+                        "safetensors, or one safetensors with the config in its metadata) from models/text_encoders.",
+            inputs=[
+                io.Combo.Input("t5_name", options=t5_choices(),
+                               tooltip="Folder or file under models/text_encoders (e.g. the released text_encoder/ folder)."),
+                io.Combo.Input("precision", options=["default", "bf16", "fp16", "fp32"], default="default",
+                               tooltip="Weight and compute dtype. default: ComfyUI's text-encoder dtype for this device."),
+            ],
+            outputs=[T5Encoder.Output(display_name="t5", tooltip="T5 encoder for EchoVideo Text Encode.")],
+        )
+
+    @classmethod
+    def execute(cls, t5_name, precision="default") -> io.NodeOutput:
+        path = _resolve_t5(t5_name)
+        dtype = bridge.text_encoder_dtype(bridge.load_device("text")) if precision == "default" \
+            else bridge.weight_dtype(precision)
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            dtype = torch.bfloat16
+        # tokenizer: the released tokenizer/ beside the weights, else ComfyUI's shipped T5 tokenizer
+        tok_dir = text.find_tokenizer_beside(path) or bridge.comfy_t5_tokenizer_dir()
+        encoder = text.load_t5_encoder(path, dtype=dtype, device=bridge.offload_device("text"))
+        patcher = bridge.wrap(encoder, kind="text")
+        return io.NodeOutput(T5Bundle(patcher=patcher, tokenizer=_tokenizer(tok_dir), path=path))
+
+
+# ---------------------------------------------------------------- ComfyUI CLIP path
+
+def _comfy_t5(clip):
+    """(SDClipModel, comfy T5 module) inside a core CLIP object."""
+    import comfy.text_encoders.t5 as t5mod
+
+    for m in clip.cond_stage_model.modules():
+        tr = getattr(m, "transformer", None)
+        if isinstance(tr, t5mod.T5):
+            return m, tr
+    raise ValueError("EchoVideo Text Encode: the connected CLIP holds no T5 encoder. Load t5xxl_fp16.safetensors "
+                     "(or t5xxl_fp8_e4m3fn.safetensors) with the core 'Load CLIP' node, type 'sd3' or 'mochi'.")
+
+
+def _clip_tokenizer(clip):
+    """The CLIP's own HF T5 tokenizer when it has one, else ComfyUI's shipped t5_tokenizer."""
+    t5_tok = getattr(getattr(clip, "tokenizer", None), "t5xxl", None)
+    hf = getattr(t5_tok, "tokenizer", None)
+    if hf is not None and callable(hf):
+        return hf
+    return _tokenizer(bridge.comfy_t5_tokenizer_dir())
+
+
+@torch.no_grad()
+def encode_with_clip(clip, prompt: str, max_length: int = text.MAX_LENGTH) -> torch.Tensor:
+    """Reference ids (226, EOS, pad) through ComfyUI's T5, no mask -> [1, 226, D] float32."""
+    _, t5 = _comfy_t5(clip)
+    ids = text.tokenize(_clip_tokenizer(clip), prompt, max_length)
+    clip.load_model()
+    device = t5.get_input_embeddings().weight.device
+    out = t5(ids.to(device), None, dtype=torch.float32)
+    return out[0].float()
+
+
+@torch.no_grad()
+def encode_with_t5(bundle: T5Bundle, prompt: str, max_length: int = text.MAX_LENGTH) -> torch.Tensor:
+    bridge.load_gpu(bundle.patcher)
+    return text.encode_prompt(bridge.unwrap(bundle.patcher), bundle.tokenizer, prompt, max_length)
+
+
+class TextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EchoVideoTextEncode",
+            display_name="EchoVideo Text Encode",
+            category=CATEGORY,
+            description="Encodes the positive and negative prompt exactly as EchoVideo does (T5, 226 tokens padded, "
+                        "no attention mask). Connect EITHER a core CLIP loaded from t5xxl_*.safetensors OR an "
+                        "EchoVideo T5 Loader.",
+            inputs=[
+                io.String.Input("positive", multiline=True, default="",
+                                tooltip="What the video shows: the person, the action, the scene, the camera."),
+                io.String.Input("negative", multiline=True, default="",
+                                tooltip="What to avoid. The reference pipeline uses an empty negative prompt."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="Core 'Load CLIP' output with a T5-XXL file (type sd3 or mochi). Leave "
+                                      "empty when using 't5'."),
+                T5Encoder.Input("t5", optional=True,
+                                tooltip="EchoVideo T5 Loader output. Leave empty when using 'clip'."),
+            ],
+            outputs=[TextEmbeds.Output(display_name="text", tooltip="Positive and negative [1, 226, 4096] embeddings.")],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, clip=None, t5=None) -> io.NodeOutput:
+        if (clip is None) == (t5 is None):
+            raise ValueError("EchoVideo Text Encode: connect exactly one text encoder: 'clip' (core Load CLIP with "
+                             "t5xxl) or 't5' (EchoVideo T5 Loader).")
+        if clip is not None:
+            enc = functools.partial(encode_with_clip, clip)
+        else:
+            enc = functools.partial(encode_with_t5, t5)
+        out = bridge.intermediate_device()
+        pos = enc(positive).to(out)
+        bridge.check_interrupt()
+        neg = enc(negative).to(out)
+        return io.NodeOutput(TextEmbedsData(positive=pos, negative=neg, positive_prompt=positive,
+                                            negative_prompt=negative))
+
+
+NODES = [T5Loader, TextEncode]

@@ -1,0 +1,115 @@
+"""Text nodes in a real ComfyUI (in-process): both encoder paths equal transformers' T5EncoderModel."""
+import json
+import types
+
+import pytest
+import torch
+
+import comfy_env
+
+pytestmark = comfy_env.requires_comfyui
+transformers = pytest.importorskip("transformers")
+from safetensors.torch import save_file  # noqa: E402
+
+VOCAB = 32128  # the real T5 tokenizer's ids must fit
+TINY = dict(d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4, vocab_size=VOCAB)
+PROMPTS = ["A woman with red hair smiles and walks through a sunny park, camera slowly tracking.", ""]
+
+
+@pytest.fixture(scope="module")
+def hf_t5():
+    torch.manual_seed(0)
+    cfg = transformers.T5Config(**TINY, relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                                feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)
+    return transformers.T5EncoderModel(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def comfy_tokenizer_dir():
+    comfy_env.setup_comfy()
+    bridge = comfy_env.pack_module("nodes.bridge")
+    return bridge.comfy_t5_tokenizer_dir()
+
+
+def reference(model, tok_dir, prompt):
+    tok = transformers.AutoTokenizer.from_pretrained(tok_dir)
+    ids = tok([prompt], padding="max_length", max_length=226, truncation=True, add_special_tokens=True,
+              return_tensors="pt").input_ids
+    with torch.no_grad():
+        return model(ids)[0]
+
+
+def make_clip(hf_model, kind):
+    """A core comfy.sd.CLIP holding ComfyUI's T5 class with a tiny config and the HF weights."""
+    comfy_env.setup_comfy()
+    import comfy.sd
+    import comfy.text_encoders.genmo as genmo
+    import comfy.text_encoders.sd3_clip as sd3
+
+    overrides = {k: TINY[k] for k in ("d_model", "d_kv", "d_ff", "num_layers", "num_heads", "vocab_size")}
+    if kind == "mochi":  # mochi enables attention masks in ComfyUI's own encode path
+        target = types.SimpleNamespace(clip=genmo.mochi_te(), tokenizer=genmo.MochiT5Tokenizer, params={})
+    else:
+        target = types.SimpleNamespace(clip=sd3.sd3_clip(clip_l=False, clip_g=False, t5=True),
+                                       tokenizer=sd3.SD3Tokenizer, params={})
+    clip = comfy.sd.CLIP(target=target, model_options={"t5xxl_model_config": overrides, "dtype": torch.float32})
+    sd = {k: v for k, v in hf_model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    missing, unexpected = clip.cond_stage_model.t5xxl.transformer.load_state_dict(sd, strict=False)
+    assert not unexpected and not missing
+    return clip
+
+
+def test_comfy_tokenizer_is_reference_t5(comfy_tokenizer_dir):
+    from echovideo import text
+
+    tok = text.load_tokenizer(comfy_tokenizer_dir)
+    ids = text.tokenize(tok, "a cat")
+    assert ids.shape == (1, 226)
+    assert ids[0, :4].tolist() == [3, 9, 1712, 1] and (ids[0, 4:] == 0).all()
+
+
+@pytest.mark.parametrize("kind", ["sd3", "mochi"])
+def test_clip_path_equals_transformers(hf_t5, comfy_tokenizer_dir, kind):
+    tn = comfy_env.pack_module("nodes.text_nodes")
+    clip = make_clip(hf_t5, kind)
+    (out,) = comfy_env.run_node(tn.TextEncode, positive=PROMPTS[0], negative=PROMPTS[1], clip=clip)
+    assert out.positive.shape == (1, 226, 16) and out.negative.shape == (1, 226, 16)
+    torch.testing.assert_close(out.positive, reference(hf_t5, comfy_tokenizer_dir, PROMPTS[0]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.negative, reference(hf_t5, comfy_tokenizer_dir, PROMPTS[1]), rtol=1e-4, atol=1e-5)
+
+
+def test_t5_loader_path_equals_transformers(hf_t5, comfy_tokenizer_dir, tmp_path, monkeypatch):
+    comfy_env.setup_comfy()
+    import folder_paths
+
+    te_dir = tmp_path / "text_encoders"
+    model_dir = te_dir / "t5-tiny"
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text(json.dumps(hf_t5.config.to_dict()))
+    sd = {k: v.contiguous() for k, v in hf_t5.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    save_file(sd, str(model_dir / "model.safetensors"))
+    save_file(sd, str(te_dir / "t5-single.safetensors"), metadata={"config": json.dumps(hf_t5.config.to_dict())})
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "text_encoders", ([str(te_dir)], {".safetensors"}))
+    folder_paths.filename_list_cache.pop("text_encoders", None)
+
+    tn = comfy_env.pack_module("nodes.text_nodes")
+    assert {"t5-tiny", "t5-single.safetensors"} <= set(tn.t5_choices())
+    for name in ("t5-tiny", "t5-single.safetensors"):
+        (t5,) = comfy_env.run_node(tn.T5Loader, t5_name=name, precision="fp32")
+        (out,) = comfy_env.run_node(tn.TextEncode, positive=PROMPTS[0], negative=PROMPTS[1], t5=t5)
+        torch.testing.assert_close(out.positive, reference(hf_t5, comfy_tokenizer_dir, PROMPTS[0]), rtol=0, atol=0)
+        torch.testing.assert_close(out.negative, reference(hf_t5, comfy_tokenizer_dir, PROMPTS[1]), rtol=0, atol=0)
+
+
+def test_text_encode_needs_exactly_one_encoder(hf_t5):
+    tn = comfy_env.pack_module("nodes.text_nodes")
+    with pytest.raises(ValueError, match="exactly one"):
+        comfy_env.run_node(tn.TextEncode, positive="a", negative="")
+    with pytest.raises(ValueError, match="exactly one"):
+        comfy_env.run_node(tn.TextEncode, positive="a", negative="", clip=object(), t5=object())
+
+
+def test_t5_loader_missing_file_is_clear():
+    tn = comfy_env.pack_module("nodes.text_nodes")
+    with pytest.raises(FileNotFoundError, match="searched.*README"):
+        comfy_env.run_node(tn.T5Loader, t5_name="nope.safetensors", precision="fp32")
