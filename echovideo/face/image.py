@@ -1,0 +1,63 @@
+"""Image conversions: file loading with EXIF, [0,1] floats to uint8, long-side downscale."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .errors import FaceError
+
+MAX_LONG_SIDE = 1024  # published pipeline: resize_numpy_image_long(image, 1024)
+
+
+def load_image_file(path: str) -> np.ndarray:
+    """Read an image file as uint8 RGB HxWx3 with its EXIF orientation applied."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        return np.array(im.convert("RGB"))
+
+
+def to_uint8_rgb(image) -> np.ndarray:
+    """One image (HxWx3 / HxWx4 / HxW; uint8, or float in [0,1]; numpy or torch) -> uint8 RGB HxWx3.
+
+    Floats are clipped to [0,1] and rounded (ComfyUI's own PIL conversion uses
+    clip(255*x) then truncation; rounding is kept deliberately for exact
+    uint8 -> float -> uint8 round trips).
+    """
+    if hasattr(image, "detach"):  # torch tensor
+        image = image.detach().cpu().float().numpy() if image.is_floating_point() else image.detach().cpu().numpy()
+    image = np.asarray(image)
+    if image.ndim == 4 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise FaceError(f"image: got shape {tuple(image.shape)}, needs HxWx3 (RGB)")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    image = image[:, :, :3]
+    if image.shape[0] < 2 or image.shape[1] < 2:
+        raise FaceError(f"image: got size {image.shape[1]}x{image.shape[0]}, too small to hold a face")
+    if image.dtype == np.uint8:
+        return np.ascontiguousarray(image)
+    if np.issubdtype(image.dtype, np.floating):
+        return np.ascontiguousarray(np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8))
+    if image.dtype == np.uint16:
+        return np.ascontiguousarray((image.astype(np.uint32) * 255 // 65535).astype(np.uint8))
+    if np.issubdtype(image.dtype, np.integer) and image.min() >= 0 and image.max() <= 255:
+        return np.ascontiguousarray(image.astype(np.uint8))
+    raise FaceError(f"image: got dtype {image.dtype}, needs uint8 or float in [0,1]")
+
+
+def resize_long_side(image: np.ndarray, max_long_side: int = MAX_LONG_SIDE) -> np.ndarray:
+    """Downscale so the long side is at most max_long_side (as the published code).
+
+    Sizes are int(h*k), int(w*k) with cv2 INTER_LANCZOS4; smaller images are
+    returned unchanged.
+    """
+    h, w = image.shape[:2]
+    if max(h, w) <= max_long_side:
+        return image
+    k = max_long_side / max(h, w)
+    return cv2.resize(image, (int(w * k), int(h * k)), interpolation=cv2.INTER_LANCZOS4)
