@@ -23,8 +23,13 @@ def build_vae(config: dict, dtype=torch.float32, device="cpu"):
     from diffusers import AutoencoderKLCogVideoX
 
     cfg = {k: v for k, v in config.items() if not k.startswith("_")}
-    vae = AutoencoderKLCogVideoX(**cfg)
-    return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    vae = AutoencoderKLCogVideoX(**cfg).eval().requires_grad_(False)
+    return _move(vae, device, dtype)
+
+
+def _move(vae, device, dtype):
+    vae = vae.to(device)
+    return vae if dtype == torch.float32 else vae.to(dtype)
 
 
 def load_vae(path: str, dtype=torch.float32, device="cpu"):
@@ -55,7 +60,7 @@ def load_vae(path: str, dtype=torch.float32, device="cpu"):
             f"{path} is not a CogVideoX VAE with this config: first missing key {missing[:1]}, first unexpected "
             f"key {unexpected[:1]} ({len(missing)} missing, {len(unexpected)} unexpected). Use the CogVideoX-5B "
             f"VAE (vae/diffusion_pytorch_model.safetensors of the EchoVideo or CogVideoX-5b release).")
-    return vae.to(device=device, dtype=dtype)
+    return _move(vae, device, dtype)
 
 
 def pad_to_aspect(image: np.ndarray, width: int, height: int) -> np.ndarray:
