@@ -1,0 +1,187 @@
+"""EchoVideo Face Encoder Loader, EchoVideo Face Encode, EchoVideo IITF Fusion."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from comfy_api.latest import io
+
+from . import bridge
+from .types import (Conditioning, ConditioningData, FaceEncoder, FaceEncoderBundle, Identity, IdentityData, Model,
+                    TextEmbeds)
+
+CATEGORY = "EchoVideo"
+NO_SIGLIP = "(no SigLIP in models/clip_vision)"
+
+
+def siglip_choices() -> list:
+    names = bridge.subfolders_with("clip_vision", "config.json") + bridge.file_list("clip_vision")
+    return names or [NO_SIGLIP]
+
+
+def find_face_model_paths():
+    """FaceModelPaths from the first insightface folder holding models/antelopev2 and the first facexlib
+    folder holding both .pth files; a clear error naming every folder searched otherwise."""
+    from echovideo.face import BISENET_FILE, DETECTOR_FILE, RECOGNIZER_FILE, RETINAFACE_FILE, FaceModelPaths
+
+    ins = bridge.folders("insightface")
+    fx = bridge.folders("facexlib")
+    root = next((r for r in ins if os.path.isfile(os.path.join(r, "models", "antelopev2", DETECTOR_FILE))
+                 and os.path.isfile(os.path.join(r, "models", "antelopev2", RECOGNIZER_FILE))), None)
+    fdir = next((d for d in fx if os.path.isfile(os.path.join(d, RETINAFACE_FILE))
+                 and os.path.isfile(os.path.join(d, BISENET_FILE))), None)
+    if root is None:
+        raise FileNotFoundError(
+            f"EchoVideo: insightface antelopev2 ({DETECTOR_FILE}, {RECOGNIZER_FILE}) not found; searched "
+            f"<folder>/models/antelopev2/ for the 'insightface' folders: {', '.join(ins) or '(none)'} -- "
+            f"{bridge.README_HINT}.")
+    if fdir is None:
+        raise FileNotFoundError(
+            f"EchoVideo: facexlib files ({RETINAFACE_FILE}, {BISENET_FILE}) not found; searched the 'facexlib' "
+            f"folders: {', '.join(fx) or '(none)'} -- {bridge.README_HINT}.")
+    return FaceModelPaths(insightface_root=root, facexlib_dir=fdir)
+
+
+class FaceEncoderLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EchoVideoFaceEncoderLoader",
+            display_name="EchoVideo Face Encoder Loader",
+            category=CATEGORY,
+            description="Loads the identity encoders: insightface antelopev2 (models/insightface/models/antelopev2), "
+                        "facexlib RetinaFace + BiSeNet (models/facexlib) and SigLIP (models/clip_vision).",
+            inputs=[
+                io.Combo.Input("siglip_name", options=siglip_choices(),
+                               tooltip="SigLIP vision model (google/siglip-base-patch16-224) file or folder under "
+                                       "models/clip_vision."),
+                io.Combo.Input("face_device", options=["auto", "cpu"], default="auto",
+                               tooltip="Where face detection/recognition runs. auto: the GPU when onnxruntime-gpu "
+                                       "is installed, else CPU."),
+            ],
+            outputs=[FaceEncoder.Output(display_name="face_encoder", tooltip="Face models + SigLIP.")],
+        )
+
+    @classmethod
+    def execute(cls, siglip_name, face_device="auto") -> io.NodeOutput:
+        from echovideo.face import load_face_models
+        from echovideo.siglip import image_size_of, load_siglip
+
+        from .model_nodes import resolve_entry
+
+        paths = find_face_model_paths()
+        device = "cpu" if face_device == "cpu" else str(bridge.torch_device())
+        load_face_models(paths, device)  # fail early on broken files; cached by the face pipeline
+        spath = resolve_entry("clip_vision", siglip_name if siglip_name != NO_SIGLIP else "")
+        dtype = bridge.compute_dtype(bridge.load_device("text"))
+        siglip = load_siglip(spath, dtype=torch.float32, device="cpu").to(dtype)
+        return io.NodeOutput(FaceEncoderBundle(face_models=(paths, device), siglip=bridge.wrap(siglip, kind="text"),
+                                               siglip_path=spath, image_size=image_size_of(siglip)))
+
+
+def image_to_uint8(image: torch.Tensor, index: int = 0) -> np.ndarray:
+    """ComfyUI IMAGE [B, H, W, C] float in [0, 1] -> H x W x 3 uint8."""
+    if image is None or image.dim() != 4 or image.shape[0] == 0:
+        raise ValueError(f"EchoVideo: image batch is empty or not an IMAGE (got "
+                         f"{None if image is None else tuple(image.shape)}); connect at least one photo")
+    x = image[index, ..., :3]
+    if x.shape[-1] == 1:
+        x = x.expand(-1, -1, 3)
+    return (x.clamp(0, 1).cpu().float().numpy() * 255.0).round().astype(np.uint8)
+
+
+def uint8_to_image(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).float().div(255.0).unsqueeze(0)
+
+
+class FaceEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EchoVideoFaceEncode",
+            display_name="EchoVideo Face Encode",
+            category=CATEGORY,
+            description="Finds the face in the photo(s): ArcFace identity embedding, parsed aligned face crop, and "
+                        "SigLIP face tokens. Outputs the identity and the reference image for Face Frame Encode.",
+            inputs=[
+                FaceEncoder.Input("face_encoder", tooltip="EchoVideo Face Encoder Loader output."),
+                io.Image.Input("image", tooltip="Photo(s) of the person. Several photos: see average_embeddings."),
+                io.Int.Input("face_index", default=0, min=0, max=63,
+                             tooltip="Which face when the photo has several: 0 = the largest."),
+                io.Boolean.Input("whole_image", default=False,
+                                 tooltip="Use the whole photo (clothes, body) as the reference frame instead of the "
+                                         "parsed face crop. The identity embedding still comes from the face."),
+                io.Boolean.Input("average_embeddings", default=False,
+                                 tooltip="With several photos: average their ArcFace embeddings (the first photo "
+                                         "gives the face crop)."),
+            ],
+            outputs=[
+                Identity.Output(display_name="identity", tooltip="ArcFace embedding + SigLIP face tokens."),
+                io.Image.Output(display_name="reference_image",
+                                tooltip="Face crop (or the whole photo with whole_image) for Face Frame Encode."),
+                io.Image.Output(display_name="face_crops", tooltip="The parsed aligned face crop of every photo."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, face_encoder, image, face_index=0, whole_image=False, average_embeddings=False) -> io.NodeOutput:
+        from echovideo.face import extract_identities, load_face_models
+        from echovideo.pipeline import face_tokens_pair, reference_id_embedding
+
+        if image is None or image.dim() != 4 or image.shape[0] == 0:
+            image_to_uint8(image)  # raises the clear error
+        photos = [image_to_uint8(image, i) for i in range(image.shape[0])]
+        paths, device = face_encoder.face_models
+        models = load_face_models(paths, device)
+        bridge.check_interrupt()
+        idents = extract_identities(models, photos, face_index=int(face_index), whole_image=bool(whole_image),
+                                    average_embeddings=bool(average_embeddings))
+        first = idents[0]
+        bridge.load_gpu(face_encoder.siglip)
+        pos, neg = face_tokens_pair(bridge.unwrap(face_encoder.siglip), first.face_crop)
+        out = bridge.intermediate_device()
+        identity = IdentityData(id_embedding=reference_id_embedding(first.id_embedding).to(out),
+                                face_tokens=pos.to(out), face_crop=torch.from_numpy(first.face_crop),
+                                extra={"negative_face_tokens": neg.to(out), "face_count": first.face_count,
+                                       "detector": first.detector})
+        crops = torch.cat([uint8_to_image(i.face_crop) for i in idents], dim=0)
+        return io.NodeOutput(identity, uint8_to_image(first.reference_image), crops)
+
+
+class IITFFusion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EchoVideoIITFFusion",
+            display_name="EchoVideo IITF Fusion",
+            category=CATEGORY,
+            description="IITF: fuses the identity (ArcFace + SigLIP face tokens) into the text embeddings, once per "
+                        "guidance branch. Negative branch: negative prompt, black-image face tokens, zero ArcFace.",
+            inputs=[
+                Model.Input("model", tooltip="EchoVideo Model Loader output (holds the IITF weights)."),
+                TextEmbeds.Input("text", tooltip="EchoVideo Text Encode output."),
+                Identity.Input("identity", tooltip="EchoVideo Face Encode output."),
+            ],
+            outputs=[Conditioning.Output(display_name="conditioning", tooltip="Fused contexts for the sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, model, text, identity) -> io.NodeOutput:
+        from echovideo.pipeline import fuse_conditioning
+
+        cfg = model.config
+        for name, t in (("positive", text.positive), ("negative", text.negative)):
+            if tuple(t.shape[1:]) != (cfg.max_text_seq_length, cfg.text_embed_dim):
+                raise ValueError(f"EchoVideo IITF Fusion: {name} text embeddings are {tuple(t.shape)}, the model "
+                                 f"needs [1, {cfg.max_text_seq_length}, {cfg.text_embed_dim}]: use the T5-XXL "
+                                 "text encoder (4096 dims) with EchoVideo Text Encode")
+        bridge.load_gpu(model.patcher)
+        neg_tokens = identity.extra.get("negative_face_tokens")
+        fused = fuse_conditioning(model.model, text.positive, text.negative, identity.face_tokens, neg_tokens,
+                                  identity.id_embedding, with_negative=True)
+        out = bridge.intermediate_device()
+        return io.NodeOutput(ConditioningData(positive=fused.positive.to(out), negative=fused.negative.to(out)))
+
+
+NODES = [FaceEncoderLoader, FaceEncode, IITFFusion]

@@ -1,0 +1,99 @@
+"""EchoVideo Model Loader and EchoVideo VAE Loader."""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from . import bridge
+from .types import Model, ModelBundle, Vae, VaeBundle
+
+CATEGORY = "EchoVideo"
+
+
+def _choices(folder: str, none_label: str) -> list:
+    names = bridge.subfolders_with(folder, "config.json") + bridge.file_list(folder)
+    return names or [none_label]
+
+
+def resolve_entry(folder: str, name: str) -> str:
+    """A folder (diffusers layout) or a file in a model folder; FileNotFoundError names what was searched."""
+    if name.startswith("(no "):
+        name = ""
+    try:
+        return bridge.resolve_dir(folder, name)
+    except FileNotFoundError:
+        return bridge.resolve(folder, name)
+
+
+class ModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        from echovideo.attention import available_attention
+
+        return io.Schema(
+            node_id="EchoVideoModelLoader",
+            display_name="EchoVideo Model Loader",
+            category=CATEGORY,
+            description="Loads the EchoVideo transformer (CogVideoX-5B DiT + IITF) from models/diffusion_models: "
+                        "one .safetensors or the released diffusers transformer/ folder.",
+            inputs=[
+                io.Combo.Input("model_name", options=_choices("diffusion_models", "(no model in models/diffusion_models)"),
+                               tooltip="EchoVideo transformer file or folder under models/diffusion_models."),
+                io.Combo.Input("weight_dtype", options=["default", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2"],
+                               default="default",
+                               tooltip="Storage dtype of the weights. fp8 halves memory; layers are cast to the "
+                                       "compute dtype one at a time. default: bf16 (fp32 on CPU)."),
+                io.Combo.Input("attention", options=available_attention(), default="sdpa",
+                               tooltip="Attention backend. sdpa: PyTorch; comfy: ComfyUI's optimized attention "
+                                       "(as launched); sage: SageAttention if installed."),
+            ],
+            outputs=[Model.Output(display_name="model", tooltip="EchoVideo transformer.")],
+        )
+
+    @classmethod
+    def execute(cls, model_name, weight_dtype="default", attention="sdpa") -> io.NodeOutput:
+        from echovideo.checkpoint import load_transformer
+
+        path = resolve_entry("diffusion_models", model_name)
+        device = bridge.load_device("unet")
+        compute = bridge.compute_dtype(device)
+        weight = bridge.weight_dtype(weight_dtype, device)
+        ops = bridge.operations(weight, compute, device)
+        model = load_transformer(path, weight_dtype=weight, compute_dtype=compute, operations=ops,
+                                 device=bridge.offload_device("unet"), attention=attention)
+        patcher = bridge.wrap(model, kind="unet")
+        return io.NodeOutput(ModelBundle(patcher=patcher, path=path, weight_dtype=weight, compute_dtype=compute))
+
+
+class VaeLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EchoVideoVAELoader",
+            display_name="EchoVideo VAE Loader",
+            category=CATEGORY,
+            description="Loads the CogVideoX-5B VAE (AutoencoderKLCogVideoX) from models/vae: one .safetensors "
+                        "or the released diffusers vae/ folder.",
+            inputs=[
+                io.Combo.Input("vae_name", options=_choices("vae", "(no VAE in models/vae)"),
+                               tooltip="CogVideoX VAE file or folder under models/vae."),
+                io.Combo.Input("precision", options=["default", "bf16", "fp16", "fp32"], default="default",
+                               tooltip="VAE dtype. default: bf16 on GPU (as the reference), fp32 on CPU."),
+            ],
+            outputs=[Vae.Output(display_name="vae", tooltip="CogVideoX VAE for Face Frame Encode and VAE Decode.")],
+        )
+
+    @classmethod
+    def execute(cls, vae_name, precision="default") -> io.NodeOutput:
+        from echovideo.vae import load_vae
+
+        path = resolve_entry("vae", vae_name)
+        if precision == "default":
+            dtype = bridge.compute_dtype(bridge.load_device("vae"))
+        else:
+            dtype = bridge.weight_dtype(precision)
+        vae = load_vae(path, dtype=dtype, device=bridge.offload_device("vae"))
+        return io.NodeOutput(VaeBundle(patcher=bridge.wrap(vae, kind="vae"), path=path, dtype=dtype))
+
+
+NODES = [ModelLoader, VaeLoader]

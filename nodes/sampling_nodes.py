@@ -1,0 +1,181 @@
+"""EchoVideo Face Frame Encode, EchoVideo Sampler, EchoVideo VAE Decode."""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from . import bridge
+from .face_nodes import image_to_uint8
+from .types import Conditioning, ImageLatents, ImageLatentsData, Model, Vae
+
+CATEGORY = "EchoVideo"
+MAX_SIZE = 2048
+MAX_FRAMES = 257
+
+
+def size_problem(width, height, num_frames):
+    """None, or a message for a size the model cannot take."""
+    problems = []
+    if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % 4:
+        problems.append(f"num_frames is {num_frames}: needs 4k+1 (e.g. 9, 25, 49)")
+    for name, v in (("width", width), ("height", height)):
+        if not isinstance(v, int) or v < 16 or v % 16:
+            problems.append(f"{name} is {v}: needs a multiple of 16 (e.g. 720 x 480)")
+    return "; ".join(problems) or None
+
+
+class FaceFrameEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EchoVideoFaceFrameEncode",
+            display_name="EchoVideo Face Frame Encode",
+            category=CATEGORY,
+            description="Encodes the reference image as the video's first latent frame (padded to the aspect "
+                        "ratio, resized) and sets the video size and length.",
+            inputs=[
+                Vae.Input("vae", tooltip="EchoVideo VAE Loader output."),
+                io.Image.Input("image", tooltip="Reference image: Face Encode's reference_image output."),
+                io.Int.Input("width", default=720, min=16, max=MAX_SIZE, step=16,
+                             tooltip="Video width, a multiple of 16 (the model was trained at 720 x 480)."),
+                io.Int.Input("height", default=480, min=16, max=MAX_SIZE, step=16,
+                             tooltip="Video height, a multiple of 16."),
+                io.Int.Input("num_frames", default=49, min=1, max=MAX_FRAMES, step=4,
+                             tooltip="Number of frames, 4k+1 (49 = 6 s at 8 fps, as trained)."),
+            ],
+            outputs=[ImageLatents.Output(display_name="image_latents", tooltip="Face-frame latents for the sampler.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, width=None, height=None, num_frames=None):
+        if None in (width, height, num_frames):
+            return True  # linked inputs: checked in execute
+        return size_problem(width, height, num_frames) or True
+
+    @classmethod
+    def execute(cls, vae, image, width, height, num_frames) -> io.NodeOutput:
+        from echovideo.vae import encode_face_frame
+
+        problem = size_problem(width, height, num_frames)
+        if problem:
+            raise ValueError(f"EchoVideo Face Frame Encode: {problem}")
+        face = image_to_uint8(image)
+        bridge.load_gpu(vae.patcher)
+        latents = encode_face_frame(vae.vae, face, int(width), int(height), int(num_frames))
+        return io.NodeOutput(ImageLatentsData(latents=latents.float().to(bridge.intermediate_device()),
+                                              width=int(width), height=int(height), num_frames=int(num_frames)))
+
+
+def _memory_estimate(model, image_latents: torch.Tensor, batch: int) -> int:
+    """Rough activation memory for one DiT call (bytes), so ComfyUI frees enough before loading."""
+    c = model.config
+    _, f, _, h, w = image_latents.shape
+    tokens = f * (h // c.patch_size) * (w // c.patch_size) + c.max_text_seq_length
+    return int(batch * tokens * c.inner_dim * 2 * 24)
+
+
+class InterruptHook:
+    """DiT block hook: checks for cancel between blocks (interrupt within a step), then chains the
+    previous hook (e.g. block swap)."""
+
+    def __init__(self, inner=None):
+        self.inner = inner
+
+    def before(self, index, block):
+        bridge.check_interrupt()
+        if self.inner is not None:
+            self.inner.before(index, block)
+
+    def after(self, index, block):
+        if self.inner is not None:
+            self.inner.after(index, block)
+
+
+class Sampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EchoVideoSampler",
+            display_name="EchoVideo Sampler",
+            category=CATEGORY,
+            description="Denoises the video latents (CogVideoX DPM scheduler, v-prediction, classifier-free "
+                        "guidance with EchoVideo's dynamic CFG). Output LATENT is [B, C, F, h, w].",
+            inputs=[
+                Model.Input("model", tooltip="EchoVideo Model Loader output."),
+                Conditioning.Input("conditioning", tooltip="EchoVideo IITF Fusion output."),
+                ImageLatents.Input("image_latents", tooltip="EchoVideo Face Frame Encode output (sets size/length)."),
+                io.Int.Input("steps", default=50, min=1, max=500, tooltip="Denoising steps (reference: 50)."),
+                io.Float.Input("cfg", default=6.0, min=1.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="Guidance scale (reference: 6.0). 1.0 turns guidance off (half the work)."),
+                io.Boolean.Input("dynamic_cfg", default=True,
+                                 tooltip="Ramp the guidance scale over the steps as the reference does."),
+                io.Int.Input("seed", default=42, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Noise seed (CPU generator, same as the reference for the same seed)."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="Denoised video latents for VAE Decode.")],
+        )
+
+    @classmethod
+    def execute(cls, model, conditioning, image_latents, steps=50, cfg=6.0, dynamic_cfg=True, seed=42):
+        from echovideo.sampling import sample
+
+        dit = model.model
+        use_cfg = cfg > 1.0
+        lat = image_latents.latents
+        bridge.load_gpu(model.patcher, memory_required=_memory_estimate(dit, lat, 2 if use_cfg else 1))
+        progress = bridge.Progress(int(steps))
+
+        def on_step(step, total, latents):
+            progress(step, total, latents)
+            bridge.check_interrupt()
+
+        previous_hook = getattr(dit, "block_hook", None)
+        dit.block_hook = InterruptHook(previous_hook)
+        try:
+            latents = sample(dit, conditioning.positive, conditioning.negative if use_cfg else None, lat,
+                             steps=int(steps), guidance_scale=float(cfg), dynamic_cfg=bool(dynamic_cfg),
+                             seed=int(seed), callback=on_step)
+        finally:
+            dit.block_hook = previous_hook
+        samples = latents.float().permute(0, 2, 1, 3, 4).contiguous().to(bridge.intermediate_device())
+        return io.NodeOutput({"samples": samples, "echovideo_num_frames": image_latents.num_frames})
+
+
+class VAEDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EchoVideoVAEDecode",
+            display_name="EchoVideo VAE Decode",
+            category=CATEGORY,
+            description="Decodes EchoVideo latents to frames (IMAGE [frames, H, W, 3] in [0, 1]).",
+            inputs=[
+                Vae.Input("vae", tooltip="EchoVideo VAE Loader output."),
+                io.Latent.Input("latent", tooltip="EchoVideo Sampler output ([B, C, F, h, w])."),
+                io.Boolean.Input("tiling", default=True,
+                                 tooltip="Decode in overlapping spatial tiles: far less memory, same look."),
+                io.Int.Input("tile_size", default=0, min=0, max=2048, step=16,
+                             tooltip="Tile size in pixels; 0 = the VAE's default."),
+            ],
+            outputs=[io.Image.Output(display_name="frames", tooltip="Video frames, one IMAGE per frame.")],
+        )
+
+    @classmethod
+    def execute(cls, vae, latent, tiling=True, tile_size=0) -> io.NodeOutput:
+        from echovideo.vae import decode_to_images
+
+        samples = latent.get("samples") if isinstance(latent, dict) else None
+        channels = vae.vae.config.latent_channels
+        if samples is None or samples.dim() != 5 or samples.shape[1] != channels:
+            raise ValueError(f"EchoVideo VAE Decode: latent is {None if samples is None else tuple(samples.shape)}; "
+                             f"needs a video latent [B, {channels}, F, h, w] from EchoVideo Sampler")
+        bridge.load_gpu(vae.patcher)
+        progress = bridge.Progress(samples.shape[0], previews=False)
+        frames = decode_to_images(vae.vae, samples.permute(0, 2, 1, 3, 4), tiling=bool(tiling),
+                                  tile_size=int(tile_size) or None, progress=lambda i, n: progress(i, n),
+                                  log=bridge.log.warning)
+        bridge.check_interrupt()
+        return io.NodeOutput(frames.to(bridge.intermediate_device()))
+
+
+NODES = [FaceFrameEncode, Sampler, VAEDecode]
