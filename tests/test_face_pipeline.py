@@ -132,18 +132,18 @@ def test_no_face_is_a_clear_error(models):
     )
     # N is in the input photo's own pixels: a 2048 photo is halved first
     with pytest.raises(F.NoFaceFoundError, match="at least 128 pixels wide"):
-        F.extract_identity(models, np.zeros((1024, 2048, 3), np.uint8))
+        F.extract_identity(models, np.zeros((40, 2048, 3), np.uint8))
 
 
 def test_retinaface_fallback_centre_face(tmp_path):
     d = write_tiny_face_models(tmp_path, retinaface_finds_faces=True)
     m = F.load_face_models(F.FaceModelPaths(d["insightface_root"], d["facexlib_dir"]))
     try:
-        black = np.zeros((240, 320, 3), np.uint8)  # the tiny SCRFD sees nothing in black
+        black = np.zeros((120, 160, 3), np.uint8)  # the tiny SCRFD sees nothing in black
         ident = F.extract_identity(m, black)
         assert ident.detector == "retinaface"
         centre = (ident.bbox[:2] + ident.bbox[2:]) / 2
-        assert np.linalg.norm(centre - [160, 120]) < 12
+        assert np.linalg.norm(centre - [80, 60]) < 12
         mat = F.alignment_matrix(ident.keypoints)
         np.testing.assert_allclose(F.transform_points(ident.keypoints, mat), F.face_template(), atol=0.1)
         # published fallback: ArcFace get_feat on the 512 aligned BGR crop
@@ -163,9 +163,9 @@ def test_empty_batch(models):
 
 
 def test_batch_average_embeddings(models):
-    imgs = torch.from_numpy(np.stack([noise(480, 640, s) for s in (1, 2, 3)]).astype(np.float32) / 255.0)
+    imgs = torch.from_numpy(np.stack([noise(480, 640, s) for s in (1, 2)]).astype(np.float32) / 255.0)
     single = F.extract_identities(models, imgs)
-    assert len(single) == 3
+    assert len(single) == 2
     own = torch.stack([i.id_embedding for i in single])
     assert not torch.allclose(own[0], own[1])
     avg = F.extract_identities(models, imgs, average_embeddings=True)
@@ -216,12 +216,12 @@ def test_load_image_file_applies_exif(tmp_path):
 def test_parse_labels(tiny_dirs):
     from facexlib.parsing.bisenet import BiSeNet
 
-    aligned = noise(512, 512, seed=7)
-    for label, kept in ((0, False), (16, False), (17, True), (1, True)):
+    aligned = noise(128, 128, seed=7)  # BiSeNet is fully convolutional: small is fine here
+    for label, kept in ((16, False), (17, True)):
         net = BiSeNet(num_class=19)
         net.load_state_dict(bisenet_state_dict(label))
         out = F.parse_face(net.eval(), aligned)
-        assert out.shape == (512, 512, 3) and out.dtype == np.uint8
+        assert out.shape == (128, 128, 3) and out.dtype == np.uint8
         if kept:
             assert np.abs(out.astype(int) - aligned[:, :, ::-1]).max() <= 1
         else:
@@ -261,11 +261,11 @@ def test_multi_face_photo_face_index_by_size(models):
     first = F.extract_identity(models, t1, detector=det)
     n = first.face_count
     assert n >= 5
-    areas = []
-    for i in range(n):
+    by_size = sorted((d.area for d in det.detect(cv2.cvtColor(first.image, cv2.COLOR_RGB2BGR))), reverse=True)
+    for i in (0, 2, n - 1):
         ident = first if i == 0 else F.extract_identity(models, t1, face_index=i, detector=det)
-        areas.append(float((ident.bbox[2] - ident.bbox[0]) * (ident.bbox[3] - ident.bbox[1])))
-    assert areas == sorted(areas, reverse=True)
+        area = float((ident.bbox[2] - ident.bbox[0]) * (ident.bbox[3] - ident.bbox[1]))
+        assert area == pytest.approx(by_size[i])
     _check_alignment(first)
     with pytest.raises(F.FaceIndexError, match=f"{n} faces were found"):
         F.extract_identity(models, t1, face_index=n, detector=det)
