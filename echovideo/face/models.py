@@ -124,7 +124,11 @@ def _build_retinaface(path: str, device: str):
     import torch
     from facexlib.detection.retinaface import RetinaFace
 
-    net = RetinaFace(network_name="resnet50", half=False, device=torch.device(device))
+    import warnings
+
+    with warnings.catch_warnings():  # facexlib passes torchvision's deprecated pretrained=False
+        warnings.simplefilter("ignore", UserWarning)
+        net = RetinaFace(network_name="resnet50", half=False, device=torch.device(device))
     net.load_state_dict(_load_state_dict(path), strict=True)
     return net.eval().to(device)
 

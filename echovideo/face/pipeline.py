@@ -70,8 +70,12 @@ def _embed_detected(recognizer, image_bgr: np.ndarray, det: Detection) -> np.nda
     """ArcFace on insightface's own 112x112 norm_crop, as FaceAnalysis.get does."""
     from insightface.app.common import Face
 
+    import warnings
+
     face = Face(bbox=det.bbox, kps=det.kps, det_score=det.score)
-    recognizer.get(image_bgr, face)
+    with warnings.catch_warnings():  # scikit-image's estimate() deprecation inside insightface
+        warnings.simplefilter("ignore", FutureWarning)
+        recognizer.get(image_bgr, face)
     return np.asarray(face.embedding, dtype=np.float32).reshape(-1)
 
 
