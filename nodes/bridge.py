@@ -111,6 +111,16 @@ def resolve_dir(what: str, name: str) -> str:
     raise _not_found(name, what)
 
 
+def resolve_entry(what: str, name: str) -> str:
+    """A subfolder (diffusers/transformers layout) or a file in a model folder."""
+    rel = os.path.normpath(name or "")
+    if name and not rel.startswith("..") and not os.path.isabs(rel):
+        for root in folders(what):
+            if os.path.isdir(os.path.join(root, rel)):
+                return os.path.join(root, rel)
+    return resolve(what, name)
+
+
 def comfy_t5_tokenizer_dir() -> str:
     """ComfyUI's shipped T5 tokenizer folder (the same tokenizer the reference uses)."""
     import comfy.text_encoders.t5  # noqa: F401  (module location anchors the folder)

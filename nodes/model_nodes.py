@@ -19,10 +19,7 @@ def resolve_entry(folder: str, name: str) -> str:
     """A folder (diffusers layout) or a file in a model folder; FileNotFoundError names what was searched."""
     if name.startswith("(no "):
         name = ""
-    try:
-        return bridge.resolve_dir(folder, name)
-    except FileNotFoundError:
-        return bridge.resolve(folder, name)
+    return bridge.resolve_entry(folder, name)
 
 
 class ModelLoader(io.ComfyNode):

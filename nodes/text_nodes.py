@@ -25,10 +25,7 @@ def t5_choices() -> list:
 def _resolve_t5(name: str) -> str:
     if name == NONE_FOUND:
         name = ""
-    try:
-        return bridge.resolve_dir("text_encoders", name)
-    except FileNotFoundError:
-        return bridge.resolve("text_encoders", name)
+    return bridge.resolve_entry("text_encoders", name)
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,7 +1,4 @@
 """The whole node chain in a real ComfyUI (in-process) on tiny random models equals echovideo.pipeline.generate."""
-import json
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -10,40 +7,20 @@ import comfy_env
 
 pytestmark = comfy_env.requires_comfyui
 transformers = pytest.importorskip("transformers")
-from safetensors.torch import save_file  # noqa: E402
 
-TEXT_DIM = 16
-W, H, FRAMES, STEPS = 64, 64, 9, 2
+T = comfy_env.TINY
+W, H, FRAMES, STEPS = T["width"], T["height"], T["frames"], T["steps"]
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     comfy_env.setup_comfy()
     import folder_paths
-    from echovideo import tiny
-    from echovideo.checkpoint import save_single_file
-    from face_fixtures import write_tiny_face_models
 
     root = tmp_path_factory.mktemp("models")
-    p = tiny.Preset(2, 2, 16, 4, TEXT_DIM, 226, FRAMES, H, W, STEPS, 6.0)
-    dit = tiny.tiny_dit(p)
-    for d in ("diffusion_models", "vae", "clip_vision", "text_encoders"):
-        (root / d).mkdir()
-    save_single_file(dit, tiny.dit_config(p), str(root / "diffusion_models" / "echo_tiny.safetensors"))
-    vae = tiny.tiny_vae(p)
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(root / "vae" / "vae_tiny.safetensors"),
-              metadata={"config": json.dumps(tiny.vae_config(p))})
-    sig = tiny.tiny_siglip(p)
-    save_file({"vision_model." + k if not k.startswith("vision_model.") else k: v.contiguous()
-               for k, v in sig.state_dict().items()},
-              str(root / "clip_vision" / "siglip_tiny.safetensors"), metadata={"config": json.dumps(tiny.siglip_config(p))})
-    torch.manual_seed(0)
-    t5 = transformers.T5EncoderModel(transformers.T5Config(
-        vocab_size=32128, d_model=TEXT_DIM, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
-        feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)).eval()
-    save_file({k: v.contiguous() for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"},
-              str(root / "text_encoders" / "t5_tiny.safetensors"), metadata={"config": json.dumps(t5.config.to_dict())})
-    face = write_tiny_face_models(root)
+    made = comfy_env.write_tiny_models(root)
+    face = made["face"]
+    p = made["preset"]
 
     saved = {k: folder_paths.folder_names_and_paths.get(k) for k in
              ("diffusion_models", "vae", "clip_vision", "text_encoders", "insightface", "facexlib")}
