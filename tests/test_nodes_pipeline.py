@@ -127,3 +127,25 @@ def test_bad_inputs_give_clear_errors(env):
         comfy_env.run_node(mn.ModelLoader, model_name="wrong.safetensors")
     with pytest.raises(ValueError, match="empty"):
         fn.image_to_uint8(torch.zeros(0, 64, 64, 3))
+
+
+def _sample_with(model, out, seed=3):
+    sn = comfy_env.pack_module("nodes.sampling_nodes")
+    (latent,) = comfy_env.run_node(sn.Sampler, model=model, conditioning=out["cond"], image_latents=out["img_lat"],
+                                   steps=STEPS, cfg=6.0, dynamic_cfg=True, seed=seed)
+    return latent["samples"]
+
+
+def test_fp8_weights_and_comfy_attention(env):
+    mn = comfy_env.pack_module("nodes.model_nodes")
+    out = run_chain()
+    base = _sample_with(out["model"], out)
+    (fp8,) = comfy_env.run_node(mn.ModelLoader, model_name="echo_tiny.safetensors", weight_dtype="fp8_e4m3fn",
+                                attention="sdpa")
+    assert any(p.dtype == torch.float8_e4m3fn for p in fp8.model.parameters())
+    got = _sample_with(fp8, out)
+    assert torch.isfinite(got).all()
+    assert (got - base).abs().mean() < 0.25 * base.abs().mean()  # fp8 rounding only
+    (comfy_attn,) = comfy_env.run_node(mn.ModelLoader, model_name="echo_tiny.safetensors", weight_dtype="default",
+                                       attention="comfy")
+    torch.testing.assert_close(_sample_with(comfy_attn, out), base, rtol=1e-4, atol=1e-4)

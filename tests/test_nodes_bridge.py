@@ -1,0 +1,133 @@
+"""nodes/bridge.py in a real ComfyUI (in-process): folders, resolution, dtypes, ops, progress, unload hook."""
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+import comfy_env
+
+pytestmark = comfy_env.requires_comfyui
+
+
+@pytest.fixture
+def bridge():
+    return comfy_env.pack_module("nodes.bridge")
+
+
+def test_folders_keep_extra_model_paths(bridge, tmp_path, monkeypatch):
+    import folder_paths
+
+    extra = str(tmp_path / "shared_insightface")
+    # what utils/extra_config.py does for a yaml key before custom nodes load
+    monkeypatch.delitem(folder_paths.folder_names_and_paths, "insightface", raising=False)
+    monkeypatch.delitem(folder_paths.folder_names_and_paths, "facexlib", raising=False)
+    folder_paths.add_model_folder_path("insightface", extra)
+    bridge.register_model_folders()
+    bridge.register_model_folders()  # idempotent
+    paths = folder_paths.get_folder_paths("insightface")
+    assert paths == [extra, os.path.join(folder_paths.models_dir, "insightface")]
+    assert folder_paths.get_folder_paths("facexlib") == [os.path.join(folder_paths.models_dir, "facexlib")]
+    assert ".pth" in folder_paths.folder_names_and_paths["facexlib"][1]
+    assert "clip_vision" in folder_paths.folder_names_and_paths
+
+
+def test_resolve_errors_name_file_folders_and_readme(bridge):
+    with pytest.raises(FileNotFoundError) as e:
+        bridge.resolve("vae", "cogvideox_vae.safetensors")
+    msg = str(e.value)
+    assert "cogvideox_vae.safetensors" in msg and "README" in msg
+    import folder_paths
+
+    for p in folder_paths.get_folder_paths("vae"):
+        assert p in msg
+    with pytest.raises(FileNotFoundError, match="none selected"):
+        bridge.resolve_entry("vae", "")
+    with pytest.raises(FileNotFoundError):
+        bridge.resolve_entry("vae", "../../etc")
+
+
+def test_resolve_entry_finds_folders_and_files(bridge, tmp_path, monkeypatch):
+    import folder_paths
+
+    (tmp_path / "CogVideoX" / "transformer").mkdir(parents=True)
+    (tmp_path / "CogVideoX" / "transformer" / "config.json").write_text("{}")
+    (tmp_path / "x.safetensors").write_bytes(b"")
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "diffusion_models", ([str(tmp_path)], {".safetensors"}))
+    folder_paths.filename_list_cache.pop("diffusion_models", None)
+    assert bridge.subfolders_with("diffusion_models", "config.json") == ["CogVideoX/transformer"]
+    assert bridge.resolve_entry("diffusion_models", "CogVideoX/transformer") == str(tmp_path / "CogVideoX" / "transformer")
+    assert bridge.resolve_entry("diffusion_models", "x.safetensors") == str(tmp_path / "x.safetensors")
+    assert bridge.file_list("diffusion_models") == ["x.safetensors"]
+
+
+def test_dtypes_and_operations(bridge):
+    import comfy.ops
+
+    assert bridge.weight_dtype("fp8_e4m3fn") == torch.float8_e4m3fn
+    assert bridge.weight_dtype("bf16") == torch.bfloat16
+    assert bridge.weight_dtype("default") == bridge.compute_dtype()
+    with pytest.raises(ValueError, match="unknown"):
+        bridge.weight_dtype("int4")
+    ops = bridge.operations(torch.float8_e4m3fn, torch.float32, torch.device("cpu"))
+    assert issubclass(ops, comfy.ops.manual_cast)
+    lin = ops.Linear(4, 3, dtype=torch.float8_e4m3fn)
+    lin.weight.data = torch.randn(3, 4).to(torch.float8_e4m3fn)
+    lin.bias.data = torch.zeros(3).to(torch.float8_e4m3fn)
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(lin(x), x @ lin.weight.float().t())
+
+
+def test_wrap_transformers_model_and_load(bridge):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.T5Config(vocab_size=8, d_model=8, d_kv=2, d_ff=8, num_layers=1, num_heads=2)
+    m = transformers.T5EncoderModel(cfg)
+    p = bridge.wrap(m, kind="text")
+    bridge.load_gpu(p)
+    assert bridge.unwrap(p) is m
+    plain = torch.nn.Linear(2, 2)
+    assert bridge.unwrap(bridge.wrap(plain)) is plain
+
+
+def test_progress_reports_steps_and_previews(bridge, monkeypatch):
+    import comfy.utils
+    from comfy.cli_args import LatentPreviewMethod, args
+
+    calls = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda v, t, preview, node_id=None: calls.append((v, t, preview)))
+    monkeypatch.setattr(args, "preview_method", LatentPreviewMethod.Latent2RGB)
+    prog = bridge.Progress(3)
+    prog(1, 3, torch.randn(1, 2, 16, 6, 8))
+    prog(2, 3)
+    assert calls[0][0] == 1 and calls[0][2][0] == "JPEG" and calls[0][2][1].size == (32, 24)
+    assert calls[1] == (2, 3, None)
+    monkeypatch.setattr(args, "preview_method", LatentPreviewMethod.NoPreviews)
+    calls.clear()
+    bridge.Progress(1)(1, 1, torch.randn(1, 1, 16, 4, 4))
+    assert calls == [(1, 1, None)]
+
+
+def test_interrupt(bridge):
+    import comfy.model_management as mm
+
+    bridge.check_interrupt()
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            bridge.check_interrupt()
+    finally:
+        mm.interrupt_current_processing(False)
+
+
+def test_unload_hook_releases_face_models(bridge, monkeypatch):
+    import comfy.model_management as mm
+    import echovideo.face
+
+    released = []
+    monkeypatch.setattr(echovideo.face, "release_face_models", lambda: released.append(1))
+    bridge.install_unload_hook()
+    bridge.install_unload_hook()  # once only
+    assert getattr(mm.unload_all_models, "_echovideo_release_hook", False)
+    mm.unload_all_models()
+    assert released == [1]
