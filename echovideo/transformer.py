@@ -174,7 +174,7 @@ class EchoVideoTransformer(nn.Module):
         iitf = IITF(config, operations, dtype, device)
         for name in IITF.SUBMODULES:
             self.add_module(name, getattr(iitf, name))
-        self.block_hook = None  # optional callable(index, block) run before each block (block swap)
+        self.block_hook = None  # optional object with before(index, block) / after(index, block): block swap
 
     def set_attention(self, attention) -> None:
         self.attention = get_attention(attention)
@@ -203,10 +203,13 @@ class EchoVideoTransformer(nn.Module):
         return x, ctx, temb
 
     def run_blocks(self, x, ctx, temb, rope):
+        hook = self.block_hook
         for i, block in enumerate(self.transformer_blocks):
-            if self.block_hook is not None:
-                self.block_hook(i, block)
+            if hook is not None:
+                hook.before(i, block)
             x, ctx = block(x, ctx, temb, rope, self.attention)
+            if hook is not None:
+                hook.after(i, block)
         return x, ctx
 
     def head(self, x, ctx, temb, shape):

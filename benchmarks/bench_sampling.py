@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""Times the project's full generation outside ComfyUI on tiny random weights of a preset's shapes:
+face-frame encode, IITF fusion, the sampling loop and the VAE decode, in one process.
+
+  python benchmarks/bench_sampling.py --preset large --threads 2 --json
+  python benchmarks/bench_sampling.py --preset large --frames 49 --json      (VAE scaling run)
+  python benchmarks/bench_sampling.py --preset large --steps 50 --step-cache 0.3 --json
+
+Targets (issue "Speed and memory"): sampling loop <= 0.3x the published pipeline's on `large`
+(published: 0.57-0.62 s loop, 1.7-2.2 s decode, 1.40 GiB peak RSS on this machine kind with 2 threads),
+peak RSS <= 1.0x, fusion_calls = 2 with CFG, decode peak RSS within +-10% from 9 to 49 frames (tiling on).
+"""
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from echovideo import pipeline, sampling, tiny  # noqa: E402
+from echovideo import vae as vae_lib  # noqa: E402
+from echovideo.step_cache import StepCache  # noqa: E402
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(tiny.PRESETS), default="shared")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--frames", type=int, default=None, help="override the preset's frame count (4k+1)")
+    ap.add_argument("--steps", type=int, default=None, help="override the preset's step count")
+    ap.add_argument("--step-cache", type=float, default=None, metavar="THRESHOLD",
+                    help="enable the step cache with this threshold and report its deviation")
+    ap.add_argument("--no-tiling", action="store_true", help="decode without spatial tiling")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    preset = tiny.PRESETS[args.preset]
+    if args.frames:
+        preset = dataclasses.replace(preset, frames=args.frames)
+    if args.steps:
+        preset = dataclasses.replace(preset, steps=args.steps)
+
+    dit, vae, siglip_model = tiny.tiny_dit(preset), tiny.tiny_vae(preset), tiny.tiny_siglip(preset)
+    rng = np.random.RandomState(args.seed)
+    face = rng.randint(0, 256, (512, 512, 3)).astype(np.uint8)
+    id_embedding = rng.randn(512).astype(np.float32)
+    text_pos = torch.from_numpy(rng.randn(1, preset.text_len, preset.text_dim).astype(np.float32))
+    text_neg = torch.from_numpy(rng.randn(1, preset.text_len, preset.text_dim).astype(np.float32))
+
+    fusion_calls = 0
+    fuse = dit.fuse_identity
+
+    def counted_fuse(*a, **k):
+        nonlocal fusion_calls
+        fusion_calls += 1
+        return fuse(*a, **k)
+
+    dit.fuse_identity = counted_fuse
+    use_cfg = preset.guidance > 1.0
+
+    t0 = time.perf_counter()
+    face_pos, face_neg = pipeline.face_tokens_pair(siglip_model, face)
+    cond = pipeline.fuse_conditioning(dit, text_pos, text_neg, face_pos, face_neg, id_embedding, with_negative=use_cfg)
+    fusion_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    image_latents = vae_lib.encode_face_frame(vae, face, preset.width, preset.height, preset.frames)
+    encode_s = time.perf_counter() - t0
+
+    caller = sampling.DiTCaller(dit)
+    t0 = time.perf_counter()
+    latents = sampling.sample(dit, cond.positive, cond.negative, image_latents, steps=preset.steps,
+                              guidance_scale=preset.guidance, dynamic_cfg=True, seed=args.seed, dit_caller=caller)
+    loop_s = time.perf_counter() - t0
+
+    result = dict(preset=args.preset, config=dataclasses.asdict(preset), threads=args.threads,
+                  face_tokens_and_fusion_s=round(fusion_s, 4), face_frame_encode_s=round(encode_s, 4),
+                  loop_s=round(loop_s, 4), per_step_s=round(loop_s / preset.steps, 4), dit_calls=caller.calls,
+                  fusion_calls=fusion_calls)
+    if args.step_cache is not None:
+        cache = StepCache(dit, threshold=args.step_cache)
+        t0 = time.perf_counter()
+        cached = sampling.sample(dit, cond.positive, cond.negative, image_latents, steps=preset.steps,
+                                 guidance_scale=preset.guidance, dynamic_cfg=True, seed=args.seed, dit_caller=cache)
+        result.update(step_cache_threshold=args.step_cache, step_cache_loop_s=round(time.perf_counter() - t0, 4),
+                      step_cache_dit_calls=cache.calls,
+                      step_cache_call_reduction=round(caller.calls / max(cache.calls, 1), 3),
+                      step_cache_max_rel_deviation=float((cached - latents).abs().max() / latents.abs().max()))
+    rss_before_decode = peak_rss_mib()
+    t0 = time.perf_counter()
+    frames = vae_lib.decode_to_images(vae, latents, tiling=not args.no_tiling)
+    decode_s = time.perf_counter() - t0
+    result.update(decode_s=round(decode_s, 4), decoded_frames=int(frames.shape[0]),
+                  peak_rss_before_decode_mib=round(rss_before_decode, 1), peak_rss_mib=round(peak_rss_mib(), 1))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>32}: {v}")
+
+
+if __name__ == "__main__":
+    main()
