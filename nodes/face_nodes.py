@@ -68,14 +68,15 @@ class FaceEncoderLoader(io.ComfyNode):
         from echovideo.face import load_face_models
         from echovideo.siglip import image_size_of, load_siglip
 
-        from .model_nodes import resolve_entry
+        from .model_nodes import named_errors, resolve_entry
 
         paths = find_face_model_paths()
         device = "cpu" if face_device == "cpu" else str(bridge.torch_device())
         load_face_models(paths, device)  # fail early on broken files; cached by the face pipeline
         spath = resolve_entry("clip_vision", siglip_name if siglip_name != NO_SIGLIP else "")
         dtype = bridge.compute_dtype(bridge.load_device("text"))
-        siglip = load_siglip(spath, dtype=torch.float32, device="cpu").to(dtype)
+        with named_errors("EchoVideo Face Encoder Loader", spath, "a SigLIP vision model"):
+            siglip = load_siglip(spath, dtype=torch.float32, device="cpu").to(dtype)
         return io.NodeOutput(FaceEncoderBundle(face_models=(paths, device), siglip=bridge.wrap(siglip, kind="text"),
                                                siglip_path=spath, image_size=image_size_of(siglip)))
 

@@ -15,6 +15,31 @@ def _choices(folder: str, none_label: str) -> list:
     return names or [none_label]
 
 
+def named_errors(node: str, path: str, what: str = "this model"):
+    """Re-raise a loader error with the node and the file name in front; unexpected errors from a wrong
+    file (bad config keys, shapes) become a ValueError that says which file was expected."""
+    import contextlib
+    import os
+
+    from echovideo.errors import CheckpointError, EchoVideoInputError
+
+    name = os.path.basename(path.rstrip(os.sep))
+
+    @contextlib.contextmanager
+    def ctx():
+        try:
+            yield
+        except (CheckpointError, EchoVideoInputError) as e:
+            msg = str(e)
+            raise type(e)(f"{node}: {msg if name in msg else name + ': ' + msg}") from None
+        except (TypeError, KeyError, RuntimeError, ValueError) as e:
+            if isinstance(e, torch.OutOfMemoryError):
+                raise
+            raise ValueError(f"{node}: {name} could not be loaded as {what} ({type(e).__name__}: {e}); "
+                             f"is it the right file? -- {bridge.README_HINT}") from e
+    return ctx()
+
+
 def resolve_entry(folder: str, name: str) -> str:
     """A folder (diffusers layout) or a file in a model folder; FileNotFoundError names what was searched."""
     if name.startswith("(no "):
@@ -56,8 +81,9 @@ class ModelLoader(io.ComfyNode):
         compute = bridge.compute_dtype(device)
         weight = bridge.weight_dtype(weight_dtype, device)
         ops = bridge.operations(weight, compute, device)
-        model = load_transformer(path, weight_dtype=weight, compute_dtype=compute, operations=ops,
-                                 device=bridge.offload_device("unet"), attention=attention)
+        with named_errors("EchoVideo Model Loader", path, "the EchoVideo transformer"):
+            model = load_transformer(path, weight_dtype=weight, compute_dtype=compute, operations=ops,
+                                     device=bridge.offload_device("unet"), attention=attention)
         patcher = bridge.wrap(model, kind="unet")
         return io.NodeOutput(ModelBundle(patcher=patcher, path=path, weight_dtype=weight, compute_dtype=compute))
 
@@ -89,7 +115,8 @@ class VaeLoader(io.ComfyNode):
             dtype = bridge.compute_dtype(bridge.load_device("vae"))
         else:
             dtype = bridge.weight_dtype(precision)
-        vae = load_vae(path, dtype=dtype, device=bridge.offload_device("vae"))
+        with named_errors("EchoVideo VAE Loader", path, "a CogVideoX VAE"):
+            vae = load_vae(path, dtype=dtype, device=bridge.offload_device("vae"))
         return io.NodeOutput(VaeBundle(patcher=bridge.wrap(vae, kind="vae"), path=path, dtype=dtype))
 
 

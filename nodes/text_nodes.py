@@ -60,7 +60,10 @@ class T5Loader(io.ComfyNode):
             dtype = torch.bfloat16
         # tokenizer: the released tokenizer/ beside the weights, else ComfyUI's shipped T5 tokenizer
         tok_dir = text.find_tokenizer_beside(path) or bridge.comfy_t5_tokenizer_dir()
-        encoder = text.load_t5_encoder(path, dtype=dtype, device=bridge.offload_device("text"))
+        from .model_nodes import named_errors
+
+        with named_errors("EchoVideo T5 Loader", path, "a T5 encoder"):
+            encoder = text.load_t5_encoder(path, dtype=dtype, device=bridge.offload_device("text"))
         patcher = bridge.wrap(encoder, kind="text")
         return io.NodeOutput(T5Bundle(patcher=patcher, tokenizer=_tokenizer(tok_dir), path=path))
 
