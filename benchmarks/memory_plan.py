@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Memory plan for the real-size EchoVideo DiT, built on the meta device (no allocation).
+
+Prints the weight bytes per storage dtype and, per resolution, the activation peak of one block and of
+attention (CFG batched = batch 2, or batch 1 with guidance 1 / sequential branches), in bf16 activations.
+
+  python benchmarks/memory_plan.py [--markdown]
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from echovideo.config import RELEASED_CONFIG  # noqa: E402
+from echovideo.transformer import EchoVideoTransformer  # noqa: E402
+
+RESOLUTIONS = [(480, 720, 49), (480, 848, 49), (720, 480, 49), (848, 480, 49), (480, 848, 25)]
+STORAGE = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8_e4m3fn": 1, "fp8_e5m2": 1}
+GIB = 1024 ** 3
+
+
+def weight_bytes():
+    with torch.device("meta"):
+        model = EchoVideoTransformer(RELEASED_CONFIG)
+    n = sum(p.numel() for p in model.parameters())
+    block = sum(p.numel() for p in model.transformer_blocks[0].parameters())
+    return n, block
+
+
+def tokens(height, width, frames, cfg=RELEASED_CONFIG):
+    lat_f = (frames - 1) // 4 + 1
+    return cfg.max_text_seq_length + lat_f * (height // 16) * (width // 16)
+
+
+def block_activation_bytes(batch, seq, cfg=RELEASED_CONFIG, act_bytes=2):
+    """Peak live tensors inside one block: residual x, the normed copy, q/k/v, attention output and
+    the projection, or the feed-forward's 4x hidden plus its GELU output (the larger of the two phases)."""
+    d = cfg.inner_dim
+    base = batch * seq * d * act_bytes
+    attention_phase = base * (2 + 3 + 1 + 1)
+    ff_phase = base * 2 + batch * seq * 4 * d * act_bytes * 2
+    return max(attention_phase, ff_phase)
+
+
+def attention_bytes(batch, seq, cfg=RELEASED_CONFIG, act_bytes=2, materialised=False):
+    """Flash/memory-efficient SDPA keeps O(seq) per head; the math path materialises heads x seq^2 scores."""
+    if materialised:
+        return batch * cfg.num_attention_heads * seq * seq * act_bytes
+    return batch * seq * cfg.inner_dim * act_bytes * 4
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args()
+    n, block = weight_bytes()
+    print(f"parameters: {n:,} ({n / 1e9:.2f} B); one block: {block:,}")
+    print("\nweights per storage dtype:")
+    rows = []
+    for name, b in STORAGE.items():
+        rows.append((name, n * b / GIB, block * b / GIB))
+        print(f"  {name:>11}: {n * b / GIB:6.2f} GiB total, {block * b / 2**20:7.1f} MiB per block")
+    print("\nactivations (bf16) per resolution, HxWxframes:")
+    print("  resolution     tokens  block peak b=2  block peak b=1  flash attn b=2  math attn b=2")
+    for h, w, f in RESOLUTIONS:
+        s = tokens(h, w, f)
+        print(f"  {h}x{w}x{f:<4} {s:>8}  {block_activation_bytes(2, s) / GIB:10.2f} GiB  "
+              f"{block_activation_bytes(1, s) / GIB:10.2f} GiB  {attention_bytes(2, s) / GIB:10.2f} GiB  "
+              f"{attention_bytes(2, s, materialised=True) / GIB:10.2f} GiB")
+    if args.markdown:
+        s = tokens(480, 848, 49)
+        act = block_activation_bytes(2, s) / GIB
+        print("\n| weights | DiT weights | + block peak at 480x848x49 (CFG batch 2) | fits fully on |")
+        print("|---|---|---|---|")
+        for name, total, _ in rows:
+            need = total + act
+            fits = ", ".join(f"{g} GB" for g in (12, 16, 24, 80) if need * GIB < g * 1e9 * 0.9) or "none (offload)"
+            print(f"| {name} | {total:.1f} GiB | {need:.1f} GiB | {fits} |")
+
+
+if __name__ == "__main__":
+    main()
