@@ -91,11 +91,21 @@ def _clip_tokenizer(clip):
     return _tokenizer(bridge.comfy_t5_tokenizer_dir())
 
 
+def check_vocab(embeddings: int, tokenizer_size: int) -> None:
+    """T5 v1.1 has 32128 embeddings for a 32100-token tokenizer; UMT5 (Wan) has 256384."""
+    if not tokenizer_size <= embeddings <= tokenizer_size + 1024:
+        raise ValueError(f"EchoVideo Text Encode: the CLIP's T5 has {embeddings} token embeddings but the T5 "
+                         f"tokenizer has {tokenizer_size} tokens: this is not T5 v1.1 XXL (UMT5 from Wan?). Load "
+                         "t5xxl_fp16.safetensors with the core 'Load CLIP' node (type sd3 or mochi).")
+
+
 @torch.no_grad()
 def encode_with_clip(clip, prompt: str, max_length: int = text.MAX_LENGTH) -> torch.Tensor:
     """Reference ids (226, EOS, pad) through ComfyUI's T5, no mask -> [1, 226, D] float32."""
     _, t5 = _comfy_t5(clip)
-    ids = text.tokenize(_clip_tokenizer(clip), prompt, max_length)
+    tok = _clip_tokenizer(clip)
+    check_vocab(t5.get_input_embeddings().weight.shape[0], len(tok))
+    ids = text.tokenize(tok, prompt, max_length)
     clip.load_model()
     device = t5.get_input_embeddings().weight.device
     out = t5(ids.to(device), None, dtype=torch.float32)

@@ -157,3 +157,44 @@ def test_fp8_weights_and_comfy_attention(env):
     (comfy_attn,) = comfy_env.run_node(mn.ModelLoader, model_name="echo_tiny.safetensors", weight_dtype="default",
                                        attention="comfy")
     torch.testing.assert_close(_sample_with(comfy_attn, out), base, rtol=1e-4, atol=1e-4)
+
+
+def test_face_encode_options(env):
+    fn = comfy_env.pack_module("nodes.face_nodes")
+    (enc,) = comfy_env.run_node(fn.FaceEncoderLoader, siglip_name="siglip_tiny.safetensors", face_device="cpu")
+    two = torch.cat([photo(0), photo(1)], dim=0)
+    ident, ref, crops = comfy_env.run_node(fn.FaceEncode, face_encoder=enc, image=two, face_index=1,
+                                           whole_image=True, average_embeddings=True)
+    assert crops.shape == (2, 512, 512, 3)
+    assert ref.shape == (1, 480, 480, 3)  # whole photo as reference
+    assert ident.id_embedding.shape == (1, 512) and ident.face_tokens.shape == (1, 16, 768)
+    assert ident.extra["negative_face_tokens"].shape == (1, 16, 768)
+    _, ref1, _ = comfy_env.run_node(fn.FaceEncode, face_encoder=enc, image=photo(0), face_index=1,
+                                    whole_image=False, average_embeddings=False)
+    assert ref1.shape == (1, 512, 512, 3)  # parsed face crop as reference
+    with pytest.raises(ValueError, match="face_index 5 is out of range"):
+        comfy_env.run_node(fn.FaceEncode, face_encoder=enc, image=photo(0), face_index=5, whole_image=False,
+                           average_embeddings=False)
+    with pytest.raises(ValueError, match="empty"):
+        comfy_env.run_node(fn.FaceEncode, face_encoder=enc, image=torch.zeros(0, 64, 64, 3), face_index=0,
+                           whole_image=False, average_embeddings=False)
+
+
+def test_face_models_missing_is_clear(env, monkeypatch, tmp_path):
+    import folder_paths
+
+    fn = comfy_env.pack_module("nodes.face_nodes")
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "insightface", ([str(tmp_path / "nowhere")], set()))
+    with pytest.raises(FileNotFoundError, match=r"antelopev2.*nowhere.*README"):
+        comfy_env.run_node(fn.FaceEncoderLoader, siglip_name="siglip_tiny.safetensors", face_device="cpu")
+
+
+def test_text_width_mismatch_is_clear(env):
+    from types import SimpleNamespace
+
+    fn = comfy_env.pack_module("nodes.face_nodes")
+    mn = comfy_env.pack_module("nodes.model_nodes")
+    (model,) = comfy_env.run_node(mn.ModelLoader, model_name="echo_tiny.safetensors")
+    text = SimpleNamespace(positive=torch.zeros(1, 226, 4096), negative=torch.zeros(1, 226, 4096))
+    with pytest.raises(ValueError, match="text embeddings are .*226, 4096.*needs \\[1, 226, 16\\]"):
+        comfy_env.run_node(fn.IITFFusion, model=model, text=text, identity=None)

@@ -113,3 +113,10 @@ def test_t5_loader_missing_file_is_clear():
     tn = comfy_env.pack_module("nodes.text_nodes")
     with pytest.raises(FileNotFoundError, match="searched.*README"):
         comfy_env.run_node(tn.T5Loader, t5_name="nope.safetensors", precision="fp32")
+
+
+def test_clip_with_wrong_vocab_is_rejected():
+    tn = comfy_env.pack_module("nodes.text_nodes")
+    tn.check_vocab(32128, 32100)
+    with pytest.raises(ValueError, match="UMT5"):
+        tn.check_vocab(256384, 32100)
