@@ -8,14 +8,14 @@ if _HERE not in sys.path:
     sys.path.append(_HERE)
 
 try:
-    from comfy_api.latest import ComfyExtension
-except ImportError:  # imported outside ComfyUI (e.g. by pytest collecting the repo root)
-    ComfyExtension = None
+    from .nodes import bridge
+except ImportError:  # imported outside ComfyUI (e.g. by a test collector)
+    bridge = None
 
-if ComfyExtension is not None:
-    from .nodes import bridge, node_list
+if bridge is not None:
+    from .nodes import node_list
 
-    class EchoVideoExtension(ComfyExtension):
+    class EchoVideoExtension(bridge.ComfyExtension):
         async def on_load(self) -> None:
             bridge.setup()
 
@@ -23,7 +23,7 @@ if ComfyExtension is not None:
             bridge.setup()  # folders must exist before schemas list model files
             return node_list()
 
-    async def comfy_entrypoint() -> ComfyExtension:
+    async def comfy_entrypoint():
         return EchoVideoExtension()
 
 __all__ = ["comfy_entrypoint"]

@@ -16,6 +16,7 @@ import comfy.model_patcher
 import comfy.ops
 import comfy.utils
 import folder_paths
+from comfy_api.latest import ComfyExtension, io  # noqa: F401  (re-exported for the node modules)
 
 log = logging.getLogger("EchoVideo")
 
@@ -126,6 +127,17 @@ def comfy_t5_tokenizer_dir() -> str:
     import comfy.text_encoders.t5  # noqa: F401  (module location anchors the folder)
 
     return os.path.join(os.path.dirname(os.path.realpath(comfy.text_encoders.t5.__file__)), "t5_tokenizer")
+
+
+def find_comfy_t5(clip):
+    """(SDClipModel, comfy T5 module) inside a core CLIP object, or None."""
+    import comfy.text_encoders.t5 as t5mod
+
+    for m in clip.cond_stage_model.modules():
+        tr = getattr(m, "transformer", None)
+        if isinstance(tr, t5mod.T5):
+            return m, tr
+    return None
 
 
 # ---------------------------------------------------------------- devices / dtypes

@@ -5,9 +5,9 @@ import os
 
 import numpy as np
 import torch
-from comfy_api.latest import io
 
 from . import bridge
+from .bridge import io
 from .types import (Conditioning, ConditioningData, FaceEncoder, FaceEncoderBundle, Identity, IdentityData, Model,
                     TextEmbeds)
 

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io
 
 from . import bridge
+from .bridge import io
 from .types import Model, ModelBundle, Vae, VaeBundle
 
 CATEGORY = "EchoVideo"

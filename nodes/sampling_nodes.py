@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io
 
 from . import bridge
+from .bridge import io
 from .face_nodes import image_to_uint8
 from .types import Conditioning, ImageLatents, ImageLatentsData, Model, Vae
 

@@ -5,11 +5,11 @@ import functools
 import os
 
 import torch
-from comfy_api.latest import io
 
 from echovideo import text
 
 from . import bridge
+from .bridge import io
 from .types import T5Bundle, T5Encoder, TextEmbeds, TextEmbedsData
 
 CATEGORY = "EchoVideo"
@@ -72,12 +72,9 @@ class T5Loader(io.ComfyNode):
 
 def _comfy_t5(clip):
     """(SDClipModel, comfy T5 module) inside a core CLIP object."""
-    import comfy.text_encoders.t5 as t5mod
-
-    for m in clip.cond_stage_model.modules():
-        tr = getattr(m, "transformer", None)
-        if isinstance(tr, t5mod.T5):
-            return m, tr
+    found = bridge.find_comfy_t5(clip)
+    if found is not None:
+        return found
     raise ValueError("EchoVideo Text Encode: the connected CLIP holds no T5 encoder. Load t5xxl_fp16.safetensors "
                      "(or t5xxl_fp8_e4m3fn.safetensors) with the core 'Load CLIP' node, type 'sd3' or 'mochi'.")
 

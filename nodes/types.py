@@ -5,7 +5,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
-from comfy_api.latest import io
+
+from .bridge import io
+
 
 def _module(patcher):
     m = patcher.model
