@@ -87,11 +87,15 @@ def test_sampler_progress_and_interrupt(env, monkeypatch):
     import comfy.model_management as mm
     import comfy.utils
 
+    from comfy.cli_args import LatentPreviewMethod, args
+
     calls = []
     monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda v, t, preview, node_id=None: calls.append((v, t, preview)))
+    monkeypatch.setattr(args, "preview_method", LatentPreviewMethod.Latent2RGB)
     out = run_chain(cfg=1.0)
     steps = [c for c in calls if c[1] == STEPS]
     assert [c[0] for c in steps] == list(range(1, STEPS + 1))
+    assert all(c[2] is not None and c[2][0] == "JPEG" for c in steps)  # latent previews
 
     sn = comfy_env.pack_module("nodes.sampling_nodes")
     mm.interrupt_current_processing(True)
