@@ -9,7 +9,7 @@ def node_list() -> list:
     import importlib
 
     nodes = []
-    for mod in ("text_nodes", "model_nodes", "face_nodes", "sampling_nodes"):
+    for mod in ("text_nodes", "model_nodes", "face_nodes", "sampling_nodes", "speed_nodes"):
         try:
             m = importlib.import_module(f"{__name__}.{mod}")
         except ImportError as e:

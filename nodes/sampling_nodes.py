@@ -129,14 +129,24 @@ class Sampler(io.ComfyNode):
             progress(step, total, latents)
             bridge.check_interrupt()
 
+        caller = None
+        cache = getattr(model, "step_cache", None)
+        if cache is not None:
+            from echovideo.step_cache import StepCache
+
+            caller = StepCache(dit, threshold=cache.threshold, warmup_steps=cache.warmup_steps)
+
         previous_hook = getattr(dit, "block_hook", None)
         dit.block_hook = InterruptHook(previous_hook)
         try:
             latents = sample(dit, conditioning.positive, conditioning.negative if use_cfg else None, lat,
                              steps=int(steps), guidance_scale=float(cfg), dynamic_cfg=bool(dynamic_cfg),
-                             seed=int(seed), callback=on_step)
+                             seed=int(seed), callback=on_step, dit_caller=caller)
         finally:
             dit.block_hook = previous_hook
+        if caller is not None:
+            bridge.log.info("EchoVideo Step Cache: skipped %d of %d DiT calls (threshold %g)", caller.skipped,
+                            caller.calls + caller.skipped, cache.threshold)
         samples = latents.float().permute(0, 2, 1, 3, 4).contiguous().to(bridge.intermediate_device())
         return io.NodeOutput({"samples": samples, "echovideo_num_frames": image_latents.num_frames})
 

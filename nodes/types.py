@@ -22,6 +22,7 @@ FaceEncoder = io.Custom("ECHOVIDEO_FACE_ENCODER")
 Identity = io.Custom("ECHOVIDEO_IDENTITY")
 Conditioning = io.Custom("ECHOVIDEO_CONDITIONING")
 ImageLatents = io.Custom("ECHOVIDEO_IMAGE_LATENTS")
+CompileSettings = io.Custom("ECHOVIDEO_COMPILE")
 
 
 @dataclass
@@ -48,6 +49,7 @@ class ModelBundle:
     path: str
     weight_dtype: torch.dtype
     compute_dtype: torch.dtype
+    step_cache: Optional["StepCacheSettings"] = None  # set on a copy by EchoVideo Step Cache
 
     @property
     def model(self):
@@ -56,6 +58,20 @@ class ModelBundle:
     @property
     def config(self):
         return _module(self.patcher).config
+
+
+@dataclass(frozen=True)
+class CompileSettingsData:
+    """ECHOVIDEO_COMPILE: torch.compile options for the repeated DiT block."""
+    backend: str = "inductor"
+    mode: Optional[str] = None
+    dynamic: Optional[bool] = None
+
+
+@dataclass(frozen=True)
+class StepCacheSettings:
+    threshold: float = 0.3
+    warmup_steps: int = 1
 
 
 @dataclass

@@ -171,5 +171,5 @@ def test_entrypoint_lists_documented_nodes():
     assert sorted(ids) == sorted([
         "EchoVideoT5Loader", "EchoVideoTextEncode", "EchoVideoModelLoader", "EchoVideoVAELoader",
         "EchoVideoFaceEncoderLoader", "EchoVideoFaceEncode", "EchoVideoIITFFusion", "EchoVideoFaceFrameEncode",
-        "EchoVideoSampler", "EchoVideoVAEDecode"])
+        "EchoVideoSampler", "EchoVideoVAEDecode", "EchoVideoCompileSettings", "EchoVideoStepCache"])
     assert not hasattr(pack, "NODE_CLASS_MAPPINGS")  # V1 mappings would win over the V3 entrypoint

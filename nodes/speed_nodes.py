@@ -1,0 +1,122 @@
+"""EchoVideo Compile Settings and EchoVideo Step Cache (optional speed options).
+
+No Block Swap node: inside ComfyUI the DiT is a ModelPatcher built from comfy.ops layers, so ComfyUI's
+own partial loading already streams weights per layer when VRAM is short; a block-swap hook would move
+weights behind ModelPatcher's back (it would first load the whole model, then fight its accounting).
+Block swap stays a library option (echovideo.offload) for use outside ComfyUI.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import torch
+
+from . import bridge
+from .bridge import io
+from .types import CompileSettings, CompileSettingsData, Model, StepCacheSettings
+
+CATEGORY = "EchoVideo"
+BACKENDS = ["inductor", "aot_eager", "eager"]
+MODES = ["default", "reduce-overhead", "max-autotune-no-cudagraphs"]
+
+
+def compile_problem(backend: str, device) -> str | None:
+    """Why torch.compile with `backend` cannot run on `device`, or None."""
+    if backend != "inductor":
+        return None
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            from torch.utils._triton import has_triton
+
+            ok = has_triton()
+        except Exception:
+            ok = False
+        if not ok:
+            return ("the inductor backend needs a working Triton on this GPU (pip install triton, or "
+                    "triton-windows on Windows); or pick backend aot_eager / eager")
+    elif device.type == "cpu":
+        if not any(shutil.which(c) for c in ("g++", "c++", "clang++", "cl")):
+            return "the inductor backend on CPU needs a C++ compiler (g++ or clang); or pick aot_eager / eager"
+    return None
+
+
+def apply_compile(model, settings: CompileSettingsData, device, node: str = "EchoVideo Model Loader"):
+    """torch.compile each DiT block (lazy: compiles at the first sample)."""
+    from echovideo.compile import compile_blocks
+
+    problem = compile_problem(settings.backend, device)
+    if problem:
+        raise RuntimeError(f"{node}: compile_settings: {problem}")
+    return compile_blocks(model, backend=settings.backend, mode=settings.mode, dynamic=settings.dynamic)
+
+
+class CompileSettingsNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EchoVideoCompileSettings",
+            display_name="EchoVideo Compile Settings",
+            category=CATEGORY,
+            description="torch.compile options for the EchoVideo Model Loader: compiles the repeated DiT block "
+                        "(one graph shared by all blocks), not the whole model. The first run compiles (slow, "
+                        "minutes); later runs at the same size are faster. inductor needs a working Triton on "
+                        "GPU, or a C++ compiler on CPU.",
+            inputs=[
+                io.Combo.Input("backend", options=BACKENDS, default="inductor",
+                               tooltip="inductor: generated kernels (fastest; needs Triton on GPU, a C++ compiler "
+                                       "on CPU). aot_eager / eager: no code generation (for checking, little gain)."),
+                io.Combo.Input("mode", options=MODES, default="default",
+                               tooltip="torch.compile mode. reduce-overhead uses CUDA graphs (more memory); "
+                                       "max-autotune-no-cudagraphs tunes kernels (much longer first compile)."),
+                io.Boolean.Input("dynamic", default=False,
+                                 tooltip="On: compile shape-generic kernels up front. Off: torch's default "
+                                         "(specialize to the first size, go dynamic after a size change)."),
+            ],
+            outputs=[CompileSettings.Output(display_name="compile_settings",
+                                            tooltip="Connect to the Model Loader's compile_settings input.")],
+        )
+
+    @classmethod
+    def execute(cls, backend="inductor", mode="default", dynamic=False) -> io.NodeOutput:
+        if backend not in BACKENDS:
+            raise ValueError(f"EchoVideo Compile Settings: backend {backend!r}; choose one of {BACKENDS}")
+        if mode not in MODES:
+            raise ValueError(f"EchoVideo Compile Settings: mode {mode!r}; choose one of {MODES}")
+        return io.NodeOutput(CompileSettingsData(backend=backend, mode=None if mode == "default" else mode,
+                                                 dynamic=True if dynamic else None))
+
+
+class StepCacheNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="EchoVideoStepCache",
+            display_name="EchoVideo Step Cache",
+            category=CATEGORY,
+            description="TeaCache-style step cache for the EchoVideo Sampler: skips DiT evaluations whose input "
+                        "barely changed since the last computed step and reuses that step's result. Faster, "
+                        "slightly different video. Applies to the sampler fed by this node's output only; "
+                        "off unless this node is in the graph.",
+            inputs=[
+                Model.Input("model", tooltip="EchoVideo Model Loader output."),
+                io.Float.Input("threshold", default=0.3, min=0.0, max=5.0, step=0.01, round=0.001,
+                               tooltip="Accumulated input change allowed before the DiT runs again. Higher = more "
+                                       "steps skipped (faster) and more drift from the uncached video; 0 = every "
+                                       "step computed (identical output)."),
+                io.Int.Input("warmup_steps", default=1, min=0, max=500,
+                             tooltip="First steps always computed (they set the layout); the last step is "
+                                     "always computed too."),
+            ],
+            outputs=[Model.Output(display_name="model", tooltip="The same model with the step cache enabled.")],
+        )
+
+    @classmethod
+    def execute(cls, model, threshold=0.3, warmup_steps=1) -> io.NodeOutput:
+        # a copy: the cached loader output (shared with other branches) keeps no cache setting
+        settings = StepCacheSettings(threshold=float(threshold), warmup_steps=int(warmup_steps))
+        return io.NodeOutput(dataclasses.replace(model, step_cache=settings))
+
+
+NODES = [CompileSettingsNode, StepCacheNode]
