@@ -67,43 +67,5 @@ def run_node(cls, **inputs):
     return out.args
 
 
-TINY = dict(text_dim=16, width=64, height=64, frames=9, steps=2)
-
-
-def write_tiny_models(root) -> dict:
-    """Tiny random models of every kind the nodes load, in ComfyUI's folder layout under `root`:
-    diffusion_models/echo_tiny.safetensors, vae/vae_tiny.safetensors, clip_vision/siglip_tiny.safetensors,
-    text_encoders/t5_tiny.safetensors, insightface/models/antelopev2/*, facexlib/*. No ComfyUI needed."""
-    import json
-
-    import torch
-    import transformers
-    from safetensors.torch import save_file
-
-    from echovideo import tiny
-    from echovideo.checkpoint import save_single_file
-    from face_fixtures import write_tiny_face_models
-
-    root = os.fspath(root)
-    p = tiny.Preset(2, 2, 16, 4, TINY["text_dim"], 226, TINY["frames"], TINY["height"], TINY["width"],
-                    TINY["steps"], 6.0)
-    for d in ("diffusion_models", "vae", "clip_vision", "text_encoders"):
-        os.makedirs(os.path.join(root, d), exist_ok=True)
-    save_single_file(tiny.tiny_dit(p), tiny.dit_config(p), os.path.join(root, "diffusion_models", "echo_tiny.safetensors"))
-    vae = tiny.tiny_vae(p)
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, os.path.join(root, "vae", "vae_tiny.safetensors"),
-              metadata={"config": json.dumps(tiny.vae_config(p))})
-    sig = tiny.tiny_siglip(p)
-    save_file({(k if k.startswith("vision_model.") else "vision_model." + k): v.contiguous()
-               for k, v in sig.state_dict().items()},
-              os.path.join(root, "clip_vision", "siglip_tiny.safetensors"),
-              metadata={"config": json.dumps(tiny.siglip_config(p))})
-    torch.manual_seed(0)
-    t5 = transformers.T5EncoderModel(transformers.T5Config(
-        vocab_size=32128, d_model=TINY["text_dim"], d_kv=4, d_ff=32, num_layers=2, num_heads=4,
-        feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False)).eval()
-    save_file({k: v.contiguous() for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"},
-              os.path.join(root, "text_encoders", "t5_tiny.safetensors"),
-              metadata={"config": json.dumps(t5.config.to_dict())})
-    face = write_tiny_face_models(root)
-    return dict(root=root, preset=p, face=face)
+# tiny models: tests/make_tiny_models.py (plain script, no pytest/ComfyUI)
+from make_tiny_models import TINY, write_tiny_models  # noqa: E402,F401
