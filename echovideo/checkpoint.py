@@ -131,7 +131,10 @@ def load_transformer(path: str, weight_dtype: Optional[torch.dtype] = None,
     """Loads the DiT. weight_dtype: storage dtype (None = as stored; fp8 keeps fp8 and upcasts per layer).
     compute_dtype: the dtype activations run in (default from the weights: fp32, fp16, else bf16)."""
     layout, config_dict = read_header(path)
-    config = TransformerConfig.from_dict(config_dict)
+    try:
+        config = TransformerConfig.from_dict(config_dict)
+    except (CheckpointError, TypeError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
     problem = diagnose({k: v[0] for k, v in layout.items()}, expected_layout(config))
     if problem:
         raise CheckpointError(f"{path}: does not match the EchoVideo transformer: {problem}")

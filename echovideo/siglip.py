@@ -24,6 +24,10 @@ def siglip_pixel_values(face_uint8: np.ndarray, image_size: int) -> torch.Tensor
 def build_siglip(vision_config: dict, dtype=torch.float32, device="cpu"):
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
+    needed = [k for k in ("hidden_size", "image_size", "patch_size") if k not in vision_config]
+    if needed:
+        raise CheckpointError(f"the config is not a SigLIP vision config (no {', '.join(needed)}); "
+                              "use google/siglip-base-patch16-224")
     config = SiglipVisionConfig(**{k: v for k, v in vision_config.items() if not k.startswith("_")})
     model = SiglipVisionModel(config)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -64,7 +68,10 @@ def load_siglip(path: str, dtype=torch.float32, device="cpu"):
         state = load_file(path)
         cfg = json.loads(meta["config"]) if "config" in meta else _siglip_base_config()
     cfg = cfg.get("vision_config", cfg)
-    model = build_siglip(cfg, dtype=dtype, device=device)
+    try:
+        model = build_siglip(cfg, dtype=dtype, device=device)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     missing = load_siglip_state(model, state)
     if missing:
         raise CheckpointError(

@@ -19,11 +19,24 @@ RELEASED_VAE_CONFIG = dict(
     use_quant_conv=False, use_post_quant_conv=False)
 
 
+VAE_CONFIG_KEYS = ("block_out_channels", "latent_channels", "down_block_types", "up_block_types")
+
+
 def build_vae(config: dict, dtype=torch.float32, device="cpu"):
+    import inspect
+
     from diffusers import AutoencoderKLCogVideoX
 
-    cfg = {k: v for k, v in config.items() if not k.startswith("_")}
-    vae = AutoencoderKLCogVideoX(**cfg).eval().requires_grad_(False)
+    missing = [k for k in VAE_CONFIG_KEYS if k not in config]
+    if missing:
+        raise CheckpointError(f"the config is not a CogVideoX VAE config (no {', '.join(missing)}); "
+                              "use the CogVideoX-5B VAE")
+    accepted = set(inspect.signature(AutoencoderKLCogVideoX.__init__).parameters)
+    cfg = {k: v for k, v in config.items() if k in accepted}
+    try:
+        vae = AutoencoderKLCogVideoX(**cfg).eval().requires_grad_(False)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"the VAE config is not a CogVideoX VAE config: {e}") from e
     return _move(vae, device, dtype)
 
 
@@ -53,7 +66,10 @@ def load_vae(path: str, dtype=torch.float32, device="cpu"):
             meta = f.metadata() or {}
         cfg = json.loads(meta["config"]) if "config" in meta else RELEASED_VAE_CONFIG
         state = load_file(path)
-    vae = build_vae(cfg, dtype=torch.float32, device="cpu")
+    try:
+        vae = build_vae(cfg, dtype=torch.float32, device="cpu")
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     missing, unexpected = vae.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(
@@ -104,22 +120,26 @@ def encode_face_frame(vae, face_uint8: np.ndarray, width: int, height: int, num_
     return torch.cat([latent, rest], dim=1)
 
 
-def configure_tiling(vae, tiling: bool, tile_size: Optional[int] = None, overlap: float = 0.2) -> None:
+def configure_tiling(vae, tiling: bool, tile_size: Optional[int] = None, overlap: float = 1 / 6) -> None:
+    """Spatial tiling. tile_size: pixels per tile side (multiple of 16, >= 64); the overlap is rounded to whole
+    latents so that the tiles' stride and the kept region agree (otherwise the output size drifts)."""
     if not tiling:
         vae.disable_tiling()
         return
-    kwargs = {}
-    if tile_size:
-        kwargs = dict(tile_sample_min_height=tile_size, tile_sample_min_width=tile_size,
-                      tile_overlap_factor_height=overlap, tile_overlap_factor_width=overlap)
-        kwargs = {k: v for k, v in kwargs.items() if k in _tiling_params(vae)}
-    vae.enable_tiling(**kwargs)
-
-
-def _tiling_params(vae):
-    import inspect
-
-    return set(inspect.signature(vae.enable_tiling).parameters)
+    if not tile_size:
+        vae.enable_tiling()
+        return
+    check(isinstance(tile_size, int) and tile_size >= 64 and tile_size % 16 == 0, "tile_size", tile_size,
+          "a multiple of 16, at least 64 pixels")
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    tile_latent = tile_size // scale
+    overlap_latents = max(1, round(tile_latent * overlap))
+    factor = overlap_latents / tile_latent
+    while int(tile_latent * (1 - factor)) != tile_latent - overlap_latents \
+            or tile_size - int(tile_size * factor) != (tile_latent - overlap_latents) * scale:
+        factor += 1e-9
+    vae.enable_tiling(tile_sample_min_height=tile_size, tile_sample_min_width=tile_size,
+                      tile_overlap_factor_height=factor, tile_overlap_factor_width=factor)
 
 
 @torch.no_grad()
@@ -134,12 +154,31 @@ def decode_raw(vae, latents: torch.Tensor, tiling: bool = False, tile_size: Opti
     configure_tiling(vae, tiling, tile_size)
     p = next(vae.parameters())
     z = (latents.to(device=p.device, dtype=p.dtype) / vae.config.scaling_factor).permute(0, 2, 1, 3, 4)
-    outs = []
-    for i in range(z.shape[0]):
-        outs.append(vae.decode(z[i:i + 1]).sample.float().cpu())
-        if progress:
-            progress(i + 1, z.shape[0])
+    per_video = decoder_calls_per_video(vae, z.shape[2], z.shape[3], z.shape[4])
+    total, done = per_video * z.shape[0], [0]
+
+    def on_chunk(*_):
+        done[0] = min(done[0] + 1, total)
+        progress(done[0], total)
+
+    handle = vae.decoder.register_forward_hook(on_chunk) if progress else None
+    try:
+        outs = [vae.decode(z[i:i + 1]).sample.float().cpu() for i in range(z.shape[0])]
+    finally:
+        if handle is not None:
+            handle.remove()
     return torch.cat(outs, dim=0)
+
+
+def decoder_calls_per_video(vae, latent_frames: int, h: int, w: int) -> int:
+    """How many decoder calls (frame chunks x spatial tiles) one video's decode makes: the progress total."""
+    chunks = max(latent_frames // getattr(vae, "num_latent_frames_batch_size", 2), 1)
+    tile_h, tile_w = getattr(vae, "tile_latent_min_height", h), getattr(vae, "tile_latent_min_width", w)
+    if getattr(vae, "use_tiling", False) and (w > tile_w or h > tile_h):
+        step_h = max(1, int(tile_h * (1 - vae.tile_overlap_factor_height)))
+        step_w = max(1, int(tile_w * (1 - vae.tile_overlap_factor_width)))
+        return chunks * len(range(0, h, step_h)) * len(range(0, w, step_w))
+    return chunks
 
 
 def decode_to_images(vae, latents: torch.Tensor, tiling: bool = True, tile_size: Optional[int] = None,
