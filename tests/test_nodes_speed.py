@@ -1,0 +1,192 @@
+"""Speed/memory options as nodes in a real ComfyUI (in-process) on a tiny random DiT: Step Cache, Compile
+Settings, ComfyUI partial (lowvram) loading and block swap all keep the sampler's output."""
+import pytest
+import torch
+
+import comfy_env
+
+pytestmark = comfy_env.requires_comfyui
+
+T = comfy_env.TINY
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    comfy_env.setup_comfy()
+    import folder_paths
+    from echovideo import tiny
+    from echovideo.checkpoint import save_single_file
+
+    root = tmp_path_factory.mktemp("speed_models")
+    p = tiny.Preset(2, 2, 16, 4, T["text_dim"], 226, T["frames"], T["height"], T["width"], T["steps"], 6.0)
+    (root / "diffusion_models").mkdir()
+    save_single_file(tiny.tiny_dit(p), tiny.dit_config(p), str(root / "diffusion_models" / "echo_tiny.safetensors"))
+    comfy_env.load_pack()
+    saved = folder_paths.folder_names_and_paths.get("diffusion_models")
+    folder_paths.folder_names_and_paths["diffusion_models"] = ([str(root / "diffusion_models")], {".safetensors"})
+    folder_paths.filename_list_cache.clear()
+    yield p
+    if saved is None:
+        folder_paths.folder_names_and_paths.pop("diffusion_models", None)
+    else:
+        folder_paths.folder_names_and_paths["diffusion_models"] = saved
+    folder_paths.filename_list_cache.clear()
+
+
+def mods():
+    return (comfy_env.pack_module("nodes.model_nodes"), comfy_env.pack_module("nodes.sampling_nodes"),
+            comfy_env.pack_module("nodes.speed_nodes"), comfy_env.pack_module("nodes.types"))
+
+
+def load(**kw):
+    mn = mods()[0]
+    (model,) = comfy_env.run_node(mn.ModelLoader, model_name="echo_tiny.safetensors", weight_dtype="fp32",
+                                  attention="sdpa", **kw)
+    return model
+
+
+def inputs(p):
+    types = mods()[3]
+    g = torch.Generator().manual_seed(1)
+    f = (p.frames - 1) // 4 + 1
+    lat = torch.randn(1, f, p.latent_channels, p.height // 8, p.width // 8, generator=g) * 0.5
+    cond = types.ConditioningData(positive=torch.randn(1, p.text_len, p.text_dim, generator=g),
+                                  negative=torch.randn(1, p.text_len, p.text_dim, generator=g))
+    return cond, types.ImageLatentsData(latents=lat, width=p.width, height=p.height, num_frames=p.frames)
+
+
+def sample(model, p, steps=STEPS):
+    sn = mods()[1]
+    cond, img = inputs(p)
+    (latent,) = comfy_env.run_node(sn.Sampler, model=model, conditioning=cond, image_latents=img, steps=steps,
+                                   cfg=6.0, dynamic_cfg=True, seed=5)
+    return latent["samples"]
+
+
+@pytest.fixture(scope="module")
+def reference(env):
+    return sample(load(), env)
+
+
+@pytest.fixture
+def caches(monkeypatch):
+    """Records the StepCache objects the sampler makes."""
+    from echovideo import step_cache
+
+    made = []
+
+    class Recording(step_cache.StepCache):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(step_cache, "StepCache", Recording)
+    return made
+
+
+def test_new_nodes_documented():
+    _, _, sp, _ = mods()
+    mn = mods()[0]
+    for cls in sp.NODES:
+        s = cls.GET_SCHEMA()
+        assert s.description and s.category == "EchoVideo" and s.display_name.startswith("EchoVideo ")
+        for i in s.inputs:
+            assert i.tooltip, f"{s.node_id}.{i.id} has no tooltip"
+        for o in s.outputs:
+            assert o.tooltip
+    assert [c.GET_SCHEMA().node_id for c in sp.NODES] == ["EchoVideoCompileSettings", "EchoVideoStepCache"]
+    comp = [i for i in mn.ModelLoader.GET_SCHEMA().inputs if i.id == "compile_settings"]
+    assert comp and comp[0].optional and comp[0].tooltip  # optional: existing workflows keep working
+    assert "compile_settings" in mn.ModelLoader.INPUT_TYPES()["optional"]
+
+
+def test_step_cache_threshold_zero_is_identical(env, reference, caches):
+    sp = mods()[2]
+    base = load()
+    (cached,) = comfy_env.run_node(sp.StepCacheNode, model=base, threshold=0.0, warmup_steps=1)
+    assert base.step_cache is None and cached.patcher is base.patcher  # a copy; the loader output is unchanged
+    assert torch.equal(sample(cached, env), reference)
+    assert len(caches) == 1 and caches[0].skipped == 0 and caches[0].calls == STEPS
+
+
+def test_step_cache_high_threshold_skips(env, reference, caches):
+    sp = mods()[2]
+    (cached,) = comfy_env.run_node(sp.StepCacheNode, model=load(), threshold=5.0, warmup_steps=1)
+    out = sample(cached, env)
+    c = caches[0]
+    assert c.calls + c.skipped == STEPS and c.skipped >= STEPS // 2 and c.calls < STEPS
+    assert out.shape == reference.shape and torch.isfinite(out).all() and not torch.equal(out, reference)
+
+
+def test_no_step_cache_without_node(env, caches):
+    sample(load(), env, steps=2)
+    assert caches == []
+
+
+def test_compiled_loader_matches_uncompiled(env, reference):
+    torch._dynamo.reset()
+    sp = mods()[2]
+    (settings,) = comfy_env.run_node(sp.CompileSettingsNode, backend="aot_eager", mode="default", dynamic=False)
+    assert settings.backend == "aot_eager" and settings.mode is None and settings.dynamic is None
+    model = load(compile_settings=settings)
+    assert model.model.compiled_with == "aot_eager"
+    assert all(b._compiled_call_impl is not None for b in model.model.transformer_blocks)
+    torch.testing.assert_close(sample(model, env), reference, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+
+
+def test_inductor_without_compiler_says_why(env, monkeypatch):
+    sp = mods()[2]
+    monkeypatch.setattr(sp.shutil, "which", lambda name: None)
+    (settings,) = comfy_env.run_node(sp.CompileSettingsNode, backend="inductor", mode="default", dynamic=True)
+    assert settings.dynamic is True
+    with pytest.raises(RuntimeError, match="Model Loader: compile_settings: .*C\\+\\+ compiler"):
+        load(compile_settings=settings)
+    assert sp.compile_problem("aot_eager", "cuda") is None
+
+
+def test_comfy_partial_loading_matches_full(env, reference, monkeypatch):
+    """ModelPatcher lowvram load (weights left on the offload device, cast per layer by comfy.ops) on
+    CPU -> CPU: the DiT's layers take it and the sampler output is unchanged."""
+    mn, sn, _, _ = mods()
+    bridge = comfy_env.pack_module("nodes.bridge")
+    model = load()
+    patcher = model.patcher
+    budget = patcher.model_size() // 3
+
+    def partial_load(patchers, memory_required=0):
+        patcher.load(torch.device("cpu"), lowvram_model_memory=budget)
+
+    monkeypatch.setattr(bridge, "load_gpu", partial_load)
+    out = sample(model, env)
+    dit = patcher.model
+    assert dit.model_lowvram
+    streamed = [n for n, m in dit.named_modules() if getattr(m, "comfy_cast_weights", False)]
+    assert any(n.startswith("transformer_blocks.") for n in streamed)
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)
+
+
+def test_dit_modules_all_support_partial_loading(env):
+    """Every module with its own weights is a comfy.ops layer (ModelPatcher can leave it on the offload
+    device and cast it per call), except parameters the forward moves itself."""
+    dit = load().model
+    plain = [n for n, m in dit.named_modules()
+             if list(m.parameters(recurse=False)) and not hasattr(m, "comfy_cast_weights")]
+    assert plain == ["face_prj_wofc"], plain  # IdentityResampler.latents (runs in IITF Fusion, not per step)
+
+
+def test_block_swap_composes_with_sampler_interrupt_hook(env, reference):
+    from echovideo.offload import BlockSwap, disable_block_swap, enable_block_swap
+
+    model = load()
+    dit = model.model
+    swap = enable_block_swap(dit, blocks_on_offload=1, device="cpu", offload_device="cpu")
+    seen = []
+    before = swap.before
+    swap.before = lambda i, b: (seen.append(i), before(i, b))
+    out = sample(model, env, steps=STEPS)
+    assert isinstance(dit.block_hook, BlockSwap) and dit.block_hook is swap  # restored after sampling
+    assert seen and set(seen) == set(range(len(dit.transformer_blocks)))
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)
+    disable_block_swap(dit, "cpu")
