@@ -11,26 +11,29 @@ T = comfy_env.TINY
 STEPS = 8
 
 
+FOLDERS = ("diffusion_models", "vae", "clip_vision", "text_encoders", "insightface", "facexlib")
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     comfy_env.setup_comfy()
     import folder_paths
-    from echovideo import tiny
-    from echovideo.checkpoint import save_single_file
 
     root = tmp_path_factory.mktemp("speed_models")
-    p = tiny.Preset(2, 2, 16, 4, T["text_dim"], 226, T["frames"], T["height"], T["width"], T["steps"], 6.0)
-    (root / "diffusion_models").mkdir()
-    save_single_file(tiny.tiny_dit(p), tiny.dit_config(p), str(root / "diffusion_models" / "echo_tiny.safetensors"))
+    made = comfy_env.write_tiny_models(root)
     comfy_env.load_pack()
-    saved = folder_paths.folder_names_and_paths.get("diffusion_models")
-    folder_paths.folder_names_and_paths["diffusion_models"] = ([str(root / "diffusion_models")], {".safetensors"})
+    saved = {k: folder_paths.folder_names_and_paths.get(k) for k in FOLDERS}
+    for k in FOLDERS[:4]:
+        folder_paths.folder_names_and_paths[k] = ([str(root / k)], {".safetensors"})
+    folder_paths.folder_names_and_paths["insightface"] = ([made["face"]["insightface_root"]], set())
+    folder_paths.folder_names_and_paths["facexlib"] = ([made["face"]["facexlib_dir"]], {".pth"})
     folder_paths.filename_list_cache.clear()
-    yield p
-    if saved is None:
-        folder_paths.folder_names_and_paths.pop("diffusion_models", None)
-    else:
-        folder_paths.folder_names_and_paths["diffusion_models"] = saved
+    yield made["preset"]
+    for k, v in saved.items():
+        if v is None:
+            folder_paths.folder_names_and_paths.pop(k, None)
+        else:
+            folder_paths.folder_names_and_paths[k] = v
     folder_paths.filename_list_cache.clear()
 
 
@@ -190,3 +193,28 @@ def test_block_swap_composes_with_sampler_interrupt_hook(env, reference):
     assert seen and set(seen) == set(range(len(dit.transformer_blocks)))
     torch.testing.assert_close(out, reference, rtol=0, atol=0)
     disable_block_swap(dit, "cpu")
+
+
+def test_text_and_siglip_models_are_managed_by_comfy(env):
+    """T5 and SigLIP run through ComfyUI's model management: loaded on use, unloaded (moved to their
+    offload device) when ComfyUI frees memory for the next model."""
+    import numpy as np
+
+    import comfy.model_management as mm
+
+    tn = comfy_env.pack_module("nodes.text_nodes")
+    fn = comfy_env.pack_module("nodes.face_nodes")
+    run = comfy_env.run_node
+    (t5,) = run(tn.T5Loader, t5_name="t5_tiny.safetensors", precision="fp32")
+    run(tn.TextEncode, positive="a man smiles", negative="", t5=t5)
+    (enc,) = run(fn.FaceEncoderLoader, siglip_name="siglip_tiny.safetensors", face_device="cpu")
+    photo = torch.from_numpy(np.random.default_rng(0).random((1, 480, 480, 3)).astype(np.float32))
+    run(fn.FaceEncode, face_encoder=enc, image=photo, face_index=0, whole_image=False, average_embeddings=False)
+
+    def loaded():
+        return [m.model for m in mm.current_loaded_models]
+
+    assert t5.patcher in loaded() and enc.siglip in loaded()
+    mm.free_memory(1 << 60, mm.get_torch_device())  # what load_models_gpu does when the DiT needs room
+    assert t5.patcher not in loaded() and enc.siglip not in loaded()
+    assert t5.patcher.model.device == t5.patcher.offload_device
