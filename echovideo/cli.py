@@ -1,0 +1,106 @@
+"""Generate a video outside ComfyUI from models laid out as in ComfyUI's models/ folder.
+
+  python -m echovideo.cli --models-dir ~/comfy/ComfyUI/models --image photo.jpg \\
+      --prompt "A man walks through a busy street..." --out output/echovideo.mp4
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+DEFAULTS = dict(dit="EchoVideo", vae="CogVideoX-5b-vae", t5="EchoVideo-t5-v1_1-xxl",
+                siglip="siglip-base-patch16-224")
+
+
+def _path(models_dir, folder, name):
+    p = name if os.path.isabs(name) else os.path.join(models_dir, folder, name)
+    if not os.path.exists(p):
+        raise SystemExit(f"error: {folder} model {name!r} not found at {p}; see the README's model table")
+    return p
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models-dir", required=True, help="folder with diffusion_models/, vae/, text_encoders/, "
+                                                        "clip_vision/, insightface/, facexlib/")
+    ap.add_argument("--image", required=True, help="photo of the person")
+    ap.add_argument("--prompt", required=True)
+    ap.add_argument("--negative-prompt", default="")
+    ap.add_argument("--out", default="output/echovideo.mp4", help=".mp4, .webp or .gif")
+    for key, value in DEFAULTS.items():
+        ap.add_argument(f"--{key}", default=value, help=f"name in its models folder (default {value})")
+    ap.add_argument("--tokenizer", default=None, help="T5 tokenizer folder (default: beside the T5 weights)")
+    ap.add_argument("--width", type=int, default=848)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--frames", type=int, default=49)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--cfg", type=float, default=6.0)
+    ap.add_argument("--no-dynamic-cfg", action="store_true")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--fps", type=int, default=16)
+    ap.add_argument("--face-index", type=int, default=0, help="0 = largest face")
+    ap.add_argument("--whole-image", action="store_true", help="whole photo as the reference frame (full body)")
+    ap.add_argument("--step-cache", type=float, default=None, metavar="THRESHOLD")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
+                    help="compute dtype (default: bf16 on GPU, fp32 on CPU)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from . import face, pipeline, text
+    from . import vae as vae_lib
+    from .checkpoint import load_transformer
+    from .ops import DTYPES
+    from .siglip import load_siglip
+    from .step_cache import StepCache
+    from .video import check_video_size
+    from .video_io import save_video
+
+    check_video_size(args.width, args.height, args.frames)
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device != "cpu" else torch.float32)
+    m = os.path.expanduser(args.models_dir)
+    paths = dict(t5=_path(m, "text_encoders", args.t5), siglip=paths["siglip"],
+                 vae=paths["vae"], dit=paths["dit"])
+    start = time.time()
+
+    photo = face.load_image_file(args.image)
+    face_models = face.load_face_models(
+        face.FaceModelPaths(os.path.join(m, "insightface"), os.path.join(m, "facexlib")), device=args.device)
+    ident = face.extract_identity(face_models, photo, face_index=args.face_index, whole_image=args.whole_image)
+    face.release_face_models()
+    print(f"face: {ident.detector}, face {args.face_index} of {getattr(ident, 'face_count', '?')}")
+
+    t5_path = paths["t5"]
+    tok_dir = args.tokenizer or text.find_tokenizer_beside(t5_path)
+    if tok_dir is None:
+        raise SystemExit(f"error: no T5 tokenizer beside {t5_path}; pass --tokenizer FOLDER")
+    tokenizer = text.load_tokenizer(tok_dir)
+    t5 = text.load_t5_encoder(t5_path, dtype=dtype, device=args.device)
+    text_pos = text.encode_prompt(t5, tokenizer, args.prompt).float()
+    text_neg = text.encode_prompt(t5, tokenizer, args.negative_prompt).float()
+    del t5
+
+    siglip_model = load_siglip(paths["siglip"], dtype=torch.float32, device=args.device)
+    vae = vae_lib.load_vae(paths["vae"], dtype=torch.float32 if args.device == "cpu" else dtype,
+                           device=args.device)
+    dit = load_transformer(paths["dit"], compute_dtype=dtype, device=args.device)
+    caller = StepCache(dit, threshold=args.step_cache) if args.step_cache is not None else None
+
+    def progress(step, total, _latents):
+        print(f"\rstep {step}/{total}", end="", file=sys.stderr, flush=True)
+
+    frames = pipeline.generate(dit, vae, siglip_model, text_pos, text_neg, ident.face_crop, ident.id_embedding,
+                               args.width, args.height, args.frames, steps=args.steps, guidance_scale=args.cfg,
+                               dynamic_cfg=not args.no_dynamic_cfg, seed=args.seed,
+                               reference_image=ident.reference_image, callback=progress, dit_caller=caller)
+    print(file=sys.stderr)
+    save_video(frames, args.out, fps=args.fps)
+    print(f"wrote {args.out}: {frames.shape[0]} frames {args.width}x{args.height} in {time.time() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Writes frames [F, H, W, 3] in [0, 1] to a video file (.mp4 through PyAV, .webp / .gif through Pillow)."""
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def frames_to_uint8(frames) -> np.ndarray:
+    a = frames.detach().float().cpu().numpy() if torch.is_tensor(frames) else np.asarray(frames, dtype=np.float32)
+    if a.ndim != 4 or a.shape[-1] != 3:
+        raise ValueError(f"frames: got shape {a.shape}, needs [frames, H, W, 3]")
+    return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def save_video(frames, path: str, fps: int = 16) -> str:
+    video = frames_to_uint8(frames)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".webp", ".gif"):
+        images = [Image.fromarray(f) for f in video]
+        images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0,
+                       **({"lossless": True} if ext == ".webp" else {}))
+        return path
+    if ext != ".mp4":
+        raise ValueError(f"output: got {path!r}, needs a .mp4, .webp or .gif file name")
+    import av
+
+    with av.open(path, mode="w") as container:
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = video.shape[2], video.shape[1]
+        stream.pix_fmt = "yuv420p"
+        for f in video:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
