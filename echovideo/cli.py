@@ -63,8 +63,8 @@ def main(argv=None):
     check_video_size(args.width, args.height, args.frames)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device != "cpu" else torch.float32)
     m = os.path.expanduser(args.models_dir)
-    paths = dict(t5=_path(m, "text_encoders", args.t5), siglip=paths["siglip"],
-                 vae=paths["vae"], dit=paths["dit"])
+    paths = dict(t5=_path(m, "text_encoders", args.t5), siglip=_path(m, "clip_vision", args.siglip),
+                 vae=_path(m, "vae", args.vae), dit=_path(m, "diffusion_models", args.dit))
     start = time.time()
 
     photo = face.load_image_file(args.image)
