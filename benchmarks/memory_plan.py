@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from echovideo.config import RELEASED_CONFIG  # noqa: E402
 from echovideo.transformer import EchoVideoTransformer  # noqa: E402
 
-RESOLUTIONS = [(480, 720, 49), (480, 848, 49), (720, 480, 49), (848, 480, 49), (480, 848, 25)]
+RESOLUTIONS = [(480, 640, 49), (480, 848, 49), (480, 480, 49), (848, 480, 49), (640, 480, 49)]  # the published demo sizes
 STORAGE = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8_e4m3fn": 1, "fp8_e5m2": 1}
 GIB = 1024 ** 3
 
