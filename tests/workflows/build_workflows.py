@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Regenerate workflows/*.json (UI format) and their tiny API twins in tests/workflows/ from one graph list.
 
-  python tests/workflows/build_workflows.py OBJECT_INFO.json
+  python tests/workflows/build_workflows.py [OBJECT_INFO.json]
 
-OBJECT_INFO.json: /object_info of a ComfyUI with the pack loaded (curl http://127.0.0.1:8188/object_info).
+OBJECT_INFO.json: /object_info of a ComfyUI with the pack loaded (curl http://127.0.0.1:8188/object_info);
+without it the specs come from a ComfyUI at COMFYUI_DIR, in-process (tests/workflows/nodeinfo.py).
 Also writes tests/workflows/node_info_snapshot.json (the used nodes' specs, for checks without ComfyUI).
 """
 import json
@@ -174,7 +175,14 @@ KINDS = [("faceid", "echovideo_faceid_t2v", "face-ID text-to-video"),
 
 
 def main():
-    oi = json.load(open(sys.argv[1]))
+    if len(sys.argv) > 1:
+        with open(sys.argv[1]) as f:
+            oi = json.load(f)
+    else:
+        sys.path.insert(0, HERE)
+        import nodeinfo
+
+        oi = nodeinfo.live_node_info()
     used = set()
     for kind, name, title in KINDS:
         ui = ui_workflow(kind, title, oi)
