@@ -106,6 +106,34 @@ def diagnose(found: Dict[str, tuple], expected: Dict[str, tuple]) -> Optional[st
     return "; ".join(parts) + ". Likely cause: " + "; ".join(causes)
 
 
+def read_config_and_weights(path: str, what: str, default_config: Optional[dict] = None):
+    """(config, state dict) of a folder (config.json + *.safetensors) or one .safetensors (config from its
+    metadata key "config", else `default_config`)."""
+    from safetensors.torch import load_file
+
+    if os.path.isdir(path):
+        cfg_file = os.path.join(path, "config.json")
+        if not os.path.isfile(cfg_file):
+            raise CheckpointError(f"{what} folder {path} has no config.json")
+        with open(cfg_file) as f:
+            config = json.load(f)
+        files = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
+        if not files:
+            raise CheckpointError(f"{what} folder {path} has no .safetensors weights; {SAFETENSORS_HINT}")
+        state = {}
+        for name in files:
+            state.update(load_file(os.path.join(path, name)))
+        return config, state
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file or folder")
+    if not path.endswith(".safetensors"):
+        raise CheckpointError(f"{path}: {SAFETENSORS_HINT}")
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+    config = json.loads(meta["config"]) if "config" in meta else default_config
+    return config, load_file(path)
+
+
 def load_state_dict(path: str, dtype: Optional[torch.dtype] = None, device="cpu") -> Dict[str, torch.Tensor]:
     files, _ = _weight_files(path)
     state = {}

@@ -1,6 +1,5 @@
 """torch.compile of the repeated DiT block (not the whole model): with module inlining, all blocks share
 one compiled graph, so it compiles once for all 42 blocks."""
-import torch
 
 
 def compile_blocks(model, backend: str = "inductor", mode=None, dynamic=None):

@@ -63,7 +63,7 @@ class IdentityResampler(nn.Module):
 
     def forward(self, id_tokens):
         features = self.proj_in(id_tokens)
-        latents = self.latents.to(features.dtype).repeat(id_tokens.size(0), 1, 1)
+        latents = self.latents.to(device=features.device, dtype=features.dtype).repeat(id_tokens.size(0), 1, 1)
         for attn, ff in self.layers:
             latents = attn(features, latents) + latents
             latents = ff(latents) + latents

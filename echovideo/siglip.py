@@ -1,6 +1,4 @@
 """SigLIP face tokens: the reference's preprocessing and the vision model's last hidden state."""
-import json
-import os
 
 import numpy as np
 import torch
@@ -47,26 +45,9 @@ def load_siglip_state(model, state: dict):
 def load_siglip(path: str, dtype=torch.float32, device="cpu"):
     """SiglipVisionModel from a folder (config.json + model.safetensors, vision or full SigLIP config)
     or a single .safetensors whose metadata key "config" holds the vision config."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from .checkpoint import read_config_and_weights
 
-    if os.path.isdir(path):
-        cfg_file = os.path.join(path, "config.json")
-        if not os.path.isfile(cfg_file):
-            raise CheckpointError(f"SigLIP folder {path} has no config.json")
-        with open(cfg_file) as f:
-            cfg = json.load(f)
-        files = sorted(p for p in os.listdir(path) if p.endswith(".safetensors"))
-        if not files:
-            raise CheckpointError(f"SigLIP folder {path} has no .safetensors weights")
-        state = {}
-        for name in files:
-            state.update(load_file(os.path.join(path, name)))
-    else:
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(path)
-        cfg = json.loads(meta["config"]) if "config" in meta else _siglip_base_config()
+    cfg, state = read_config_and_weights(path, "SigLIP", _siglip_base_config())
     cfg = cfg.get("vision_config", cfg)
     try:
         model = build_siglip(cfg, dtype=dtype, device=device)

@@ -62,7 +62,6 @@ def randomize_(module: nn.Module, seed: int = 0, std: float = 0.02) -> nn.Module
             elif p.dim() == 1:
                 p.copy_(0.02 * torch.randn(p.shape, generator=g))
             else:
-                fan_in = max(1, p[0].numel())
                 p.copy_(torch.randn(p.shape, generator=g) * std)
     return module
 

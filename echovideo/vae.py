@@ -1,6 +1,4 @@
 """CogVideoX VAE: face-frame latents (encode) and video decode with tiling and frame batching."""
-import json
-import os
 from typing import Callable, Optional
 
 import numpy as np
@@ -48,24 +46,9 @@ def _move(vae, device, dtype):
 def load_vae(path: str, dtype=torch.float32, device="cpu"):
     """AutoencoderKLCogVideoX from a diffusers folder (config.json + safetensors) or one .safetensors
     (config from its metadata key "config", else the released CogVideoX-5B VAE config)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from .checkpoint import read_config_and_weights
 
-    if os.path.isdir(path):
-        cfg_file = os.path.join(path, "config.json")
-        if not os.path.isfile(cfg_file):
-            raise CheckpointError(f"VAE folder {path} has no config.json")
-        with open(cfg_file) as f:
-            cfg = json.load(f)
-        state = {}
-        for name in sorted(os.listdir(path)):
-            if name.endswith(".safetensors"):
-                state.update(load_file(os.path.join(path, name)))
-    else:
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-        cfg = json.loads(meta["config"]) if "config" in meta else RELEASED_VAE_CONFIG
-        state = load_file(path)
+    cfg, state = read_config_and_weights(path, "VAE", RELEASED_VAE_CONFIG)
     try:
         vae = build_vae(cfg, dtype=torch.float32, device="cpu")
     except CheckpointError as e:
