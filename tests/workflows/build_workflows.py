@@ -59,12 +59,12 @@ def graph(kind, sizes, names, photo):
         (3, "EchoVideoFaceEncoderLoader", {"siglip_name": names["siglip"], "face_device": "auto"}, {},
          (20, 240), (320, 90)),
         (4, "EchoVideoFaceEncode", {"face_index": 0, "whole_image": whole, "average_embeddings": False},
-         {"face_encoder": (3, 0), "image": (2, 0)}, (380, 300), (300, 150)),
+         {"face_encoder": (3, 0), "image": (2, 0)}, (380, 360), (300, 150)),
         (5, "EchoVideoT5Loader", {"t5_name": names["t5"], "precision": "default"}, {}, (20, 20), (320, 90)),
         (6, "EchoVideoTextEncode", {"positive": POSITIVE, "negative": ""}, {"t5": (5, 0)}, (380, 20), (360, 250)),
         (7, "EchoVideoModelLoader", {"model_name": names["model"], "weight_dtype": "default", "attention": "sdpa"},
-         {}, (380, 500), (320, 120)),
-        (8, "EchoVideoVAELoader", {"vae_name": names["vae"], "precision": "default"}, {}, (380, 660), (320, 90)),
+         {}, (380, 580), (320, 120)),
+        (8, "EchoVideoVAELoader", {"vae_name": names["vae"], "precision": "default"}, {}, (380, 760), (320, 90)),
         (9, "EchoVideoIITFFusion", {}, {"model": (7, 0), "text": (6, 0), "identity": (4, 0)}, (780, 20), (260, 70)),
         (10, "EchoVideoFaceFrameEncode", {"width": sizes["width"], "height": sizes["height"],
                                           "num_frames": sizes["frames"]},
@@ -73,7 +73,7 @@ def graph(kind, sizes, names, photo):
          {"model": (7, 0), "conditioning": (9, 0), "image_latents": (10, 0)}, (1100, 20), (300, 200)),
         (12, "EchoVideoVAEDecode", {"tiling": True, "tile_size": 0}, {"vae": (8, 0), "latent": (11, 0)},
          (1100, 300), (280, 100)),
-        (15, "PreviewImage", {}, {"images": (4, 2)}, (780, 600), (260, 260)),
+        (15, "PreviewImage", {}, {"images": (4, 2)}, (780, 640), (260, 260)),
     ]
     frames_src = (12, 0)
     if kind == "upscale":
@@ -84,7 +84,7 @@ def graph(kind, sizes, names, photo):
     g += [(13, "CreateVideo", {"fps": 8.0}, {"images": frames_src}, (1700 if kind == "upscale" else 1420, 20),
            (270, 80)),
           (14, "SaveVideo", {"filename_prefix": f"{sizes['prefix']}_{kind}", "format": "auto", "codec": "auto"},
-           {"video": (13, 0)}, (1700 if kind == "upscale" else 1420, 140), (560, 520))]
+           {"video": (13, 0)}, (1700 if kind == "upscale" else 1420, 140), (400, 420))]
     return g
 
 
@@ -152,7 +152,7 @@ def ui_workflow(kind, title, oi):
         n["order"] = order.index(n["id"])
     return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, "comfyui-echovideo/" + kind)), "revision": 0, "last_node_id": max(n["id"] for n in nodes),
             "last_link_id": link_id, "nodes": nodes, "links": links, "groups": [], "config": {},
-            "extra": {"ds": {"scale": 0.75, "offset": [460, 60]}}, "version": 0.4}
+            "extra": {"ds": {"scale": 0.62 if kind == "upscale" else 0.68, "offset": [450, 40]}}, "version": 0.4}
 
 
 def api_twin(kind, oi):
