@@ -29,7 +29,7 @@ TINY = dict(width=64, height=64, frames=9, steps=2, prefix="video/echovideo_tiny
 
 NOTE = """## EchoVideo: {title}
 
-One photo of a person + a prompt -> a {frames}-frame video ({width} x {height}, 8 fps).
+One photo of a person + a prompt -> a {frames}-frame video ({width} x {height}, 16 fps as the published demo).
 
 **Models** (see the README model table):
 - `models/diffusion_models/EchoVideo/`: the released `transformer/` folder (config.json, 2 shards, index)
@@ -81,7 +81,7 @@ def graph(kind, sizes, names, photo):
               (17, "ImageUpscaleWithModel", {}, {"upscale_model": (16, 0), "image": (12, 0)}, (1420, 300),
                (240, 50))]
         frames_src = (17, 0)
-    g += [(13, "CreateVideo", {"fps": 8.0}, {"images": frames_src}, (1700 if kind == "upscale" else 1420, 20),
+    g += [(13, "CreateVideo", {"fps": 16.0}, {"images": frames_src}, (1700 if kind == "upscale" else 1420, 20),
            (270, 80)),
           (14, "SaveVideo", {"filename_prefix": f"{sizes['prefix']}_{kind}", "format": "auto", "codec": "auto"},
            {"video": (13, 0)}, (1700 if kind == "upscale" else 1420, 140), (400, 420))]
