@@ -250,7 +250,7 @@ def test_settings(path, info):
         (fe,) = vals("EchoVideoFaceEncode")
         assert fe["whole_image"] is whole
         (cv,) = vals("CreateVideo")
-        assert cv["fps"] == 8.0
+        assert cv["fps"] == 16.0  # the published demo's fps
         assert len(vals("SaveVideo")) == 1
     if "upscale" in path:
         nodes, edges = ui_graph(ui)
