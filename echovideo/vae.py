@@ -150,7 +150,7 @@ def decode_raw(vae, latents: torch.Tensor, tiling: bool = False, tile_size: Opti
     finally:
         if handle is not None:
             handle.remove()
-    return torch.cat(outs, dim=0)
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
 def decoder_calls_per_video(vae, latent_frames: int, h: int, w: int) -> int:
@@ -175,7 +175,7 @@ def decode_to_images(vae, latents: torch.Tensor, tiling: bool = True, tile_size:
         log("EchoVideo VAE decode ran out of memory untiled; retrying with tiling")
         _free_cache()
         video = decode_raw(vae, latents, True, tile_size, progress)
-    video = (video / 2 + 0.5).clamp(0, 1)
+    video.mul_(0.5).add_(0.5).clamp_(0, 1)  # in place: the decoded video is the largest tensor here
     return video.permute(0, 2, 3, 4, 1).reshape(-1, video.shape[3], video.shape[4], 3)
 
 
