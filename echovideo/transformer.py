@@ -90,10 +90,10 @@ class JointAttention(nn.Module):
 
         q, k, v = heads(self.to_q(tokens)), heads(self.to_k(tokens)), heads(self.to_v(tokens))
         q, k = self.norm_q(q), self.norm_k(k)
-        if rope is not None:
+        if rope is not None:  # q, k are fresh tensors from the norms: rotate the video tokens in place
             cos, sin = rope
-            q = torch.cat([q[:, :, :n_ctx], apply_rotary(q[:, :, n_ctx:], cos, sin)], dim=2)
-            k = torch.cat([k[:, :, :n_ctx], apply_rotary(k[:, :, n_ctx:], cos, sin)], dim=2)
+            q[:, :, n_ctx:] = apply_rotary(q[:, :, n_ctx:], cos, sin)
+            k[:, :, n_ctx:] = apply_rotary(k[:, :, n_ctx:], cos, sin)
         out = attention(q, k, v).transpose(1, 2).reshape(b, s, -1)
         out = self.to_out[0](out)
         return out[:, n_ctx:], out[:, :n_ctx]
