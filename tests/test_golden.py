@@ -2,7 +2,8 @@
 
 Tolerances: |ours - reference| <= 1e-4 * max|reference| + 1e-4 * |reference| elementwise
 (rtol 1e-4, atol 1e-4 relative to each tensor's scale), except the final latents, which the
-reference casts to float16: there each element must be within one float16 step of the reference."""
+reference casts to float16: ours are cast the same way and each element must be within one float16
+step of the reference (plus 1e-5 x the tensor's scale, for elements near zero)."""
 import numpy as np
 import pytest
 import torch
@@ -137,10 +138,14 @@ def float16_step(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_level2_final_latents_within_one_float16_step(level2):
+    """Ours cast to float16 as the reference does, then each element within one float16 step of the
+    reference at its magnitude, plus 1e-5 x the tensor's scale: near zero a float16 step is far below
+    float32 agreement (a 2e-6 difference at 0.002 is 1.4 steps there)."""
     ref = level2.g["pipeline.out.latents"]
-    diff = (level2.latents - ref).abs()
-    step = float16_step(ref)
-    assert (diff <= step).all(), f"max |diff| / float16 step = {(diff / step).max().item():.2f}"
+    ours = level2.latents.half().float()
+    diff = (ours - ref).abs()
+    bound = float16_step(ref) + 1e-5 * ref.abs().max()
+    assert (diff <= bound).all(), f"max |diff| / bound = {(diff / bound).max().item():.2f}"
     n = level2.g.meta["num_inference_steps"]
     assert [s[0] for s in level2.steps_seen] == list(range(1, n + 1))
 
