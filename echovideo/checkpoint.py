@@ -17,6 +17,17 @@ KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
 SAFETENSORS_HINT = "EchoVideo loads .safetensors only (no pickle files: .bin/.pt/.ckpt)"
 
 
+def single_file_config(path: str) -> Optional[dict]:
+    """The config JSON in a .safetensors file's metadata key "config" (None when absent)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file or folder")
+    if not path.endswith(".safetensors"):
+        raise CheckpointError(f"{path}: {SAFETENSORS_HINT}")
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta["config"]) if "config" in meta else None
+
+
 def _weight_files(path: str):
     """(list of safetensors files, config dict or None)."""
     if os.path.isdir(path):
@@ -36,14 +47,7 @@ def _weight_files(path: str):
             raise CheckpointError(f"{path}: the index names {os.path.basename(missing[0])}, which is not in the "
                                   f"folder; download every shard of the transformer")
         return files, config
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such file or folder")
-    if not path.endswith(".safetensors"):
-        raise CheckpointError(f"{path}: {SAFETENSORS_HINT}")
-    with safe_open(path, "pt") as f:
-        meta = f.metadata() or {}
-    config = json.loads(meta["config"]) if "config" in meta else None
-    return [path], config
+    return [path], single_file_config(path)
 
 
 def read_header(path: str) -> Tuple[Dict[str, Tuple[tuple, torch.dtype]], dict]:
@@ -124,14 +128,8 @@ def read_config_and_weights(path: str, what: str, default_config: Optional[dict]
         for name in files:
             state.update(load_file(os.path.join(path, name)))
         return config, state
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such file or folder")
-    if not path.endswith(".safetensors"):
-        raise CheckpointError(f"{path}: {SAFETENSORS_HINT}")
-    with safe_open(path, "pt") as f:
-        meta = f.metadata() or {}
-    config = json.loads(meta["config"]) if "config" in meta else default_config
-    return config, load_file(path)
+    config = single_file_config(path)
+    return (config if config is not None else default_config), load_file(path)
 
 
 def load_state_dict(path: str, dtype: Optional[torch.dtype] = None, device="cpu") -> Dict[str, torch.Tensor]:
