@@ -41,6 +41,8 @@ def main(argv=None):
     ap.add_argument("--step-cache", type=float, default=None, metavar="THRESHOLD",
                     help="enable the step cache with this threshold and report its deviation")
     ap.add_argument("--no-tiling", action="store_true", help="decode without spatial tiling")
+    ap.add_argument("--compile", default=None, metavar="BACKEND",
+                    help="torch.compile the DiT blocks (e.g. inductor); compiled in an untimed warm-up run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
@@ -78,6 +80,15 @@ def main(argv=None):
     image_latents = vae_lib.encode_face_frame(vae, face, preset.width, preset.height, preset.frames)
     encode_s = time.perf_counter() - t0
 
+    compile_s = None
+    if args.compile:
+        from echovideo.compile import compile_blocks
+
+        compile_blocks(dit, backend=args.compile)
+        t0 = time.perf_counter()
+        sampling.sample(dit, cond.positive, cond.negative, image_latents, steps=2, guidance_scale=preset.guidance,
+                        seed=args.seed)
+        compile_s = round(time.perf_counter() - t0, 2)
     caller = sampling.DiTCaller(dit)
     t0 = time.perf_counter()
     latents = sampling.sample(dit, cond.positive, cond.negative, image_latents, steps=preset.steps,
@@ -87,7 +98,7 @@ def main(argv=None):
     result = dict(preset=args.preset, config=dataclasses.asdict(preset), threads=args.threads,
                   face_tokens_and_fusion_s=round(fusion_s, 4), face_frame_encode_s=round(encode_s, 4),
                   loop_s=round(loop_s, 4), per_step_s=round(loop_s / preset.steps, 4), dit_calls=caller.calls,
-                  fusion_calls=fusion_calls)
+                  fusion_calls=fusion_calls, compile=args.compile, compile_warmup_s=compile_s)
     if args.step_cache is not None:
         cache = StepCache(dit, threshold=args.step_cache)
         t0 = time.perf_counter()
