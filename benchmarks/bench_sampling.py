@@ -41,6 +41,7 @@ def main(argv=None):
     ap.add_argument("--step-cache", type=float, default=None, metavar="THRESHOLD",
                     help="enable the step cache with this threshold and report its deviation")
     ap.add_argument("--no-tiling", action="store_true", help="decode without spatial tiling")
+    ap.add_argument("--tile-size", type=int, default=None, help="decode tile size in pixels (default: the VAE's)")
     ap.add_argument("--compile", default=None, metavar="BACKEND",
                     help="torch.compile the DiT blocks (e.g. inductor); compiled in an untimed warm-up run")
     ap.add_argument("--seed", type=int, default=0)
@@ -110,9 +111,9 @@ def main(argv=None):
                       step_cache_max_rel_deviation=float((cached - latents).abs().max() / latents.abs().max()))
     rss_before_decode = peak_rss_mib()
     t0 = time.perf_counter()
-    frames = vae_lib.decode_to_images(vae, latents, tiling=not args.no_tiling)
+    frames = vae_lib.decode_to_images(vae, latents, tiling=not args.no_tiling, tile_size=args.tile_size)
     decode_s = time.perf_counter() - t0
-    result.update(decode_s=round(decode_s, 4), decoded_frames=int(frames.shape[0]),
+    result.update(decode_s=round(decode_s, 4), decoded_frames=int(frames.shape[0]), tile_size=args.tile_size,
                   peak_rss_before_decode_mib=round(rss_before_decode, 1), peak_rss_mib=round(peak_rss_mib(), 1))
     if args.json:
         print(json.dumps(result))
