@@ -1,0 +1,34 @@
+"""The benchmark script's interface (names other checks rely on): --preset, --json and its fields."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "bench_sampling.py")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_sampling", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_shared_preset_json_fields(bench, capsys):
+    bench.main(["--preset", "shared", "--threads", "1", "--steps", "2", "--json"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("loop_s", "per_step_s", "decode_s", "peak_rss_mib", "dit_calls", "fusion_calls", "config"):
+        assert key in out
+    assert out["dit_calls"] == 2 and out["fusion_calls"] == 2  # CFG: fusion once per branch
+    assert out["config"]["layers"] == 2 and out["decoded_frames"] == 9
+
+
+def test_presets_match_the_issue(bench):
+    from echovideo.tiny import PRESETS
+
+    shape = lambda p: (p.layers, p.heads, p.head_dim, p.latent_channels, p.text_dim, p.text_len, p.frames,  # noqa: E731
+                       p.height, p.width, p.steps, p.guidance)
+    assert shape(PRESETS["shared"]) == (2, 2, 16, 4, 64, 16, 9, 64, 64, 4, 6.0)
+    assert shape(PRESETS["large"]) == (4, 4, 32, 16, 128, 32, 25, 128, 192, 6, 6.0)
