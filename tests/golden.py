@@ -48,3 +48,12 @@ def assert_close_scaled(actual, expected, rtol=1e-4, atol=1e-4, name=""):
     assert worst <= 0, (f"{name}: max abs error {err.max().item():.3e} exceeds bound "
                         f"(scale {scale.item():.3e}, rtol {rtol}, atol {atol} x scale)")
     return (err / scale).max().item()
+
+
+@torch.no_grad()
+def level1_output(model, g):
+    """The DiT on the file's level-1 inputs, with the file's RoPE."""
+    ctx = model.fuse_identity(g["transformer.in.text_embeds"], g["transformer.in.face_tokens"],
+                              g["transformer.in.id_embedding"])
+    rope = (g["transformer.in.rope_cos"], g["transformer.in.rope_sin"])
+    return model(g["transformer.in.hidden_states"], ctx, g["transformer.in.timestep"], rope)

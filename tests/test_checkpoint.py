@@ -8,20 +8,12 @@ from safetensors.torch import save_file
 
 from echovideo import checkpoint
 from echovideo.errors import CheckpointError
-from golden import DEFAULT_GOLDEN, Golden
+from golden import DEFAULT_GOLDEN, Golden, level1_output
 
 
 @pytest.fixture(scope="module")
 def golden():
     return Golden(DEFAULT_GOLDEN)
-
-
-@torch.no_grad()
-def level1_output(model, g):
-    ctx = model.fuse_identity(g["transformer.in.text_embeds"], g["transformer.in.face_tokens"],
-                              g["transformer.in.id_embedding"])
-    rope = (g["transformer.in.rope_cos"], g["transformer.in.rope_sin"])
-    return model(g["transformer.in.hidden_states"], ctx, g["transformer.in.timestep"], rope)
 
 
 def rel_error(out, ref):

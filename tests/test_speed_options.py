@@ -6,21 +6,13 @@ from echovideo import attention, sampling, tiny
 from echovideo.compile import compile_blocks
 from echovideo.offload import disable_block_swap, enable_block_swap
 from echovideo.step_cache import StepCache, rescaled_change
-from golden import Golden, assert_close_scaled, golden_paths
+from golden import Golden, assert_close_scaled, golden_paths, level1_output
 from test_golden import build_dit
 
 
 @pytest.fixture(scope="module", params=golden_paths())
 def golden(request):
     return Golden(request.param)
-
-
-@torch.no_grad()
-def level1(model, g):
-    ctx = model.fuse_identity(g["transformer.in.text_embeds"], g["transformer.in.face_tokens"],
-                              g["transformer.in.id_embedding"])
-    rope = (g["transformer.in.rope_cos"], g["transformer.in.rope_sin"])
-    return model(g["transformer.in.hidden_states"], ctx, g["transformer.in.timestep"], rope)
 
 
 def math_attention(q, k, v):
@@ -33,7 +25,7 @@ def test_pluggable_attention_backend_matches_golden(golden):
     attention.register_attention("test_math", math_attention)
     model = build_dit(golden)
     model.set_attention("test_math")
-    assert_close_scaled(level1(model, golden), golden["transformer.out.model_output"], name="math attention")
+    assert_close_scaled(level1_output(model, golden), golden["transformer.out.model_output"], name="math attention")
     with pytest.raises(ValueError, match="unknown backend 'nope'"):
         model.set_attention("nope")
 
@@ -43,7 +35,7 @@ def test_block_swap_matches_golden(golden):
     model = build_dit(golden)
     swap = enable_block_swap(model, blocks_on_offload=1, device="cpu", offload_device="cpu")
     assert swap.first_swapped == len(model.transformer_blocks) - 1
-    assert_close_scaled(level1(model, golden), golden["transformer.out.model_output"], name="block swap")
+    assert_close_scaled(level1_output(model, golden), golden["transformer.out.model_output"], name="block swap")
     disable_block_swap(model, "cpu")
     with pytest.raises(ValueError, match="blocks_on_offload: got 99"):
         enable_block_swap(model, 99, "cpu")
@@ -56,7 +48,7 @@ def test_compiled_block_compiles_once_and_matches(golden):
     torch._dynamo.reset()
     counters.clear()
     model = compile_blocks(build_dit(golden), backend="aot_eager")
-    out = level1(model, golden)
+    out = level1_output(model, golden)
     assert_close_scaled(out, golden["transformer.out.model_output"], name="compiled")
     assert counters["stats"]["unique_graphs"] == 1  # one graph for all blocks
     torch._dynamo.reset()
