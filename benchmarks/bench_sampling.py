@@ -32,6 +32,27 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _status_mib(field: str):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def reset_rss_peak() -> bool:
+    """Restarts the kernel's peak-RSS counter (VmHWM) so that a phase's own peak can be read (Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(tiny.PRESETS), default="shared")
@@ -110,11 +131,16 @@ def main(argv=None):
                       step_cache_call_reduction=round(caller.calls / max(cache.calls, 1), 3),
                       step_cache_max_rel_deviation=float((cached - latents).abs().max() / latents.abs().max()))
     rss_before_decode = peak_rss_mib()
+    decode_peak_measured = reset_rss_peak()
+    decode_start_rss = _status_mib("VmRSS")
     t0 = time.perf_counter()
     frames = vae_lib.decode_to_images(vae, latents, tiling=not args.no_tiling, tile_size=args.tile_size)
     decode_s = time.perf_counter() - t0
+    decode_peak = _status_mib("VmHWM") if decode_peak_measured else None
     result.update(decode_s=round(decode_s, 4), decoded_frames=int(frames.shape[0]), tile_size=args.tile_size,
-                  peak_rss_before_decode_mib=round(rss_before_decode, 1), peak_rss_mib=round(peak_rss_mib(), 1))
+                  peak_rss_before_decode_mib=round(rss_before_decode, 1), peak_rss_mib=round(peak_rss_mib(), 1),
+                  decode_start_rss_mib=None if decode_start_rss is None else round(decode_start_rss, 1),
+                  decode_peak_rss_mib=None if decode_peak is None else round(decode_peak, 1))
     if args.json:
         print(json.dumps(result))
     else:

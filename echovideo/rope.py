@@ -67,8 +67,11 @@ def rotary_embedding_for_video(head_dim: int, patch_size: int, height: int, widt
     return cos.to(device), sin.to(device)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotates interleaved pairs of x [B, H, S, D] by (cos, sin) [S, D]."""
-    x_even, x_odd = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
-    rotated = torch.stack([-x_odd, x_even], dim=-1).flatten(3)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+def rotate_pairs_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Rotates interleaved pairs of x [B, S, H, D] (a view, changed in place) by (cos, sin) [S, D]:
+    each pair (even, odd) times the complex number cos + i sin, computed in float32."""
+    rotation = torch.complex(cos[:, None, 0::2].float(), sin[:, None, 0::2].float())
+    if x.dtype == torch.float32:
+        torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(rotation)
+    else:
+        x.copy_(torch.view_as_real(torch.view_as_complex(x.float().unflatten(-1, (-1, 2))) * rotation).flatten(-2))

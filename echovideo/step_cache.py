@@ -35,7 +35,7 @@ class StepCache(DiTCaller):
         self._residual = None
 
     def _modulated_input(self, x, ctx, temb):
-        return self.model.transformer_blocks[0].norm1(x, ctx, temb)[0]
+        return self.model.modulated_video_input(x, ctx, temb)
 
     @torch.no_grad()
     def __call__(self, hidden_states, context, timestep, rope, step_index, num_steps):

@@ -10,7 +10,7 @@ from .attention import get_attention
 from .config import TransformerConfig
 from .errors import check
 from .iitf import IITF, fuse_identity
-from .rope import apply_rotary
+from .rope import rotate_pairs_
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool, shift: float,
@@ -53,7 +53,8 @@ class PatchEmbed(nn.Module):
 
 
 class ModulatedNorm(nn.Module):
-    """LayerNorm with shift/scale/gate for video and text tokens from the timestep embedding."""
+    """LayerNorm of the joint [text; video] token stream with the timestep's shift/scale for each part;
+    returns the modulated tokens and the video and text gates."""
 
     def __init__(self, time_dim, dim, config, operations, dtype, device):
         super().__init__()
@@ -61,11 +62,18 @@ class ModulatedNorm(nn.Module):
         self.norm = operations.LayerNorm(dim, eps=config.norm_eps, elementwise_affine=config.norm_elementwise_affine,
                                          dtype=dtype, device=device)
 
-    def forward(self, x, ctx, temb):
-        shift, scale, gate, c_shift, c_scale, c_gate = self.linear(nn.functional.silu(temb)).chunk(6, dim=1)
-        x = self.norm(x) * (1 + scale)[:, None] + shift[:, None]
-        ctx = self.norm(ctx) * (1 + c_scale)[:, None] + c_shift[:, None]
-        return x, ctx, gate[:, None], c_gate[:, None]
+    def forward(self, tokens, n_ctx, temb):
+        shift, scale, gate, c_shift, c_scale, c_gate = self.linear(nn.functional.silu(temb))[:, None].chunk(6, dim=2)
+        normed = self.norm(tokens)  # a fresh tensor: modulate each part in place
+        normed[:, n_ctx:].mul_(1 + scale).add_(shift)
+        normed[:, :n_ctx].mul_(1 + c_scale).add_(c_shift)
+        return normed, gate, c_gate
+
+
+def add_gated_(tokens, n_ctx, update, gate, c_gate):
+    """Residual update of the joint stream in place: video += gate * update, text += c_gate * update."""
+    tokens[:, n_ctx:].addcmul_(gate, update[:, n_ctx:])
+    tokens[:, :n_ctx].addcmul_(c_gate, update[:, :n_ctx])
 
 
 class JointAttention(nn.Module):
@@ -80,23 +88,30 @@ class JointAttention(nn.Module):
         self.to_v = operations.Linear(dim, dim, bias=config.attention_bias, dtype=dtype, device=device)
         self.to_out = nn.ModuleList([operations.Linear(dim, dim, bias=True, dtype=dtype, device=device)])
 
-    def forward(self, x, ctx, rope, attention):
-        n_ctx = ctx.shape[1]
-        tokens = torch.cat([ctx, x], dim=1)
+    def forward(self, tokens, n_ctx, rope, attention):
+        """tokens [B, S, D] = [text; video] -> attention output [B, S, D]."""
         b, s, _ = tokens.shape
-
-        def heads(t):
-            return t.view(b, s, self.heads, -1).transpose(1, 2)
-
-        q, k, v = heads(self.to_q(tokens)), heads(self.to_k(tokens)), heads(self.to_v(tokens))
-        q, k = self.norm_q(q), self.norm_k(k)
-        if rope is not None:  # q, k are fresh tensors from the norms: rotate the video tokens in place
+        # [B, S, heads, head_dim] stays contiguous for the norms and the in-place rotation
+        q = self.norm_q(self.to_q(tokens).view(b, s, self.heads, -1))
+        k = self.norm_k(self.to_k(tokens).view(b, s, self.heads, -1))
+        v = self.to_v(tokens).view(b, s, self.heads, -1)
+        if rope is not None:
             cos, sin = rope
-            q[:, :, n_ctx:] = apply_rotary(q[:, :, n_ctx:], cos, sin)
-            k[:, :, n_ctx:] = apply_rotary(k[:, :, n_ctx:], cos, sin)
-        out = attention(q, k, v).transpose(1, 2).reshape(b, s, -1)
-        out = self.to_out[0](out)
-        return out[:, n_ctx:], out[:, :n_ctx]
+            rotate_pairs_(q[:, n_ctx:], cos, sin)
+            rotate_pairs_(k[:, n_ctx:], cos, sin)
+        out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.to_out[0](out.transpose(1, 2).reshape(b, s, -1))
+
+
+def gelu_tanh(x):
+    """GELU (tanh approximation). On CPU as x * sigmoid(2u), the same function, since torch's CPU tanh
+    kernel is several times slower than its sigmoid."""
+    if x.device.type != "cpu":
+        return nn.functional.gelu(x, approximate="tanh")
+    k = 2.0 * math.sqrt(2.0 / math.pi)
+    u = x * x
+    u.mul_(0.044715 * k).add_(k).mul_(x)
+    return u.sigmoid_().mul_(x)
 
 
 class _GeluProj(nn.Module):
@@ -105,7 +120,7 @@ class _GeluProj(nn.Module):
         self.proj = operations.Linear(dim, inner, dtype=dtype, device=device)
 
     def forward(self, x):
-        return nn.functional.gelu(self.proj(x), approximate="tanh")
+        return gelu_tanh(self.proj(x))
 
 
 class FeedForward(nn.Module):
@@ -127,15 +142,13 @@ class TransformerBlock(nn.Module):
         self.norm2 = ModulatedNorm(config.time_embed_dim, dim, config, operations, dtype, device)
         self.ff = FeedForward(dim, operations, dtype, device)
 
-    def forward(self, x, ctx, temb, rope, attention):
-        n_ctx = ctx.shape[1]
-        nx, nctx, gate, c_gate = self.norm1(x, ctx, temb)
-        ax, actx = self.attn1(nx, nctx, rope, attention)
-        x = x + gate * ax
-        ctx = ctx + c_gate * actx
-        nx, nctx, gate, c_gate = self.norm2(x, ctx, temb)
-        ff = self.ff(torch.cat([nctx, nx], dim=1))
-        return x + gate * ff[:, n_ctx:], ctx + c_gate * ff[:, :n_ctx]
+    def forward(self, tokens, n_ctx, temb, rope, attention):
+        """Updates the joint [text; video] stream `tokens` [B, S, D] in place and returns it."""
+        normed, gate, c_gate = self.norm1(tokens, n_ctx, temb)
+        add_gated_(tokens, n_ctx, self.attn1(normed, n_ctx, rope, attention), gate, c_gate)
+        normed, gate, c_gate = self.norm2(tokens, n_ctx, temb)
+        add_gated_(tokens, n_ctx, self.ff(normed), gate, c_gate)
+        return tokens
 
 
 class AdaNormOut(nn.Module):
@@ -203,20 +216,27 @@ class EchoVideoTransformer(nn.Module):
         return x, ctx, temb
 
     def run_blocks(self, x, ctx, temb, rope):
+        """All blocks on one joint [text; video] stream (a new tensor: x and ctx are not modified)."""
         hook = self.block_hook
+        n_ctx = ctx.shape[1]
+        tokens = torch.cat([ctx, x], dim=1)
         for i, block in enumerate(self.transformer_blocks):
             if hook is not None:
                 hook.before(i, block)
-            x, ctx = block(x, ctx, temb, rope, self.attention)
+            tokens = block(tokens, n_ctx, temb, rope, self.attention)
             if hook is not None:
                 hook.after(i, block)
-        return x, ctx
+        return tokens[:, n_ctx:], tokens[:, :n_ctx]
+
+    def modulated_video_input(self, x, ctx, temb):
+        """The first block's timestep-modulated video tokens (the step cache's change signal)."""
+        n_ctx = ctx.shape[1]
+        return self.transformer_blocks[0].norm1(torch.cat([ctx, x], dim=1), n_ctx, temb)[0][:, n_ctx:]
 
     def head(self, x, ctx, temb, shape):
         b, f, _, h, w = shape
         p = self.config.patch_size
-        n_ctx = ctx.shape[1]
-        x = self.norm_final(torch.cat([ctx, x], dim=1))[:, n_ctx:]
+        x = self.norm_final(x)  # per-token norm: the text tokens do not change the video's
         x = self.proj_out(self.norm_out(x, temb))
         x = x.reshape(b, f, h // p, w // p, -1, p, p)
         return x.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
