@@ -35,7 +35,28 @@ def build_vae(config: dict, dtype=torch.float32, device="cpu"):
         vae = AutoencoderKLCogVideoX(**cfg).eval().requires_grad_(False)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"the VAE config is not a CogVideoX VAE config: {e}") from e
+    drop_unused_conv_caches(vae)
     return _move(vae, device, dtype)
+
+
+def _conv_without_cache(self, inputs, conv_cache=None):
+    return self.conv(inputs), None
+
+
+def drop_unused_conv_caches(vae) -> int:
+    """diffusers' causal conv with a temporal kernel of 1 (the spatial norms' conv_y/conv_b) keeps a copy of
+    its whole input as the "cache" for the next frame chunk, which it never reads: at full resolution these
+    copies are most of the decoder's memory, held from one chunk to the next. Such convs return no cache
+    here; their output is unchanged. Returns how many convs were changed."""
+    import types
+
+    changed = 0
+    for module in vae.modules():
+        if (getattr(module, "time_kernel_size", None) == 1 and getattr(module, "pad_mode", None) != "replicate"
+                and isinstance(getattr(module, "conv", None), torch.nn.Conv3d)):
+            module.forward = types.MethodType(_conv_without_cache, module)
+            changed += 1
+    return changed
 
 
 def _move(vae, device, dtype):

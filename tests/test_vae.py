@@ -49,3 +49,29 @@ def test_wrong_files_are_named(tmp_path):
         vae_lib.load_vae(dit)
     with pytest.raises(CheckpointError, match="dit.safetensors: the config is not a SigLIP vision config"):
         siglip.load_siglip(dit)
+
+
+def _cache_bytes(cache):
+    if torch.is_tensor(cache):
+        return cache.numel() * cache.element_size()
+    if isinstance(cache, dict):
+        return sum(_cache_bytes(v) for v in cache.values())
+    return 0
+
+
+def test_unused_conv_caches_dropped_output_unchanged():
+    """The spatial norms' temporal-kernel-1 convs keep no cache between frame chunks; frames are bit-identical."""
+    p = tiny.PRESETS["shared"]
+    ours = tiny.tiny_vae(p)
+    plain = vae_lib.build_vae(tiny.vae_config(p))
+    for module in plain.modules():  # undo the change on this copy: diffusers' own forward
+        module.__dict__.pop("forward", None)
+    plain.load_state_dict(ours.state_dict())
+    assert vae_lib.drop_unused_conv_caches(tiny.tiny_vae(p)) > 0
+    z = torch.randn(1, 5, 4, 16, 24, generator=torch.Generator().manual_seed(1))
+    caches = {}
+    for name, model in (("ours", ours), ("plain", plain)):
+        model.decoder.register_forward_hook(lambda m, i, o, name=name: caches.setdefault(name, []).append(o[1]))
+    assert torch.equal(vae_lib.decode_raw(ours, z), vae_lib.decode_raw(plain, z))
+    kept, plain_kept = _cache_bytes(caches["ours"][0]), _cache_bytes(caches["plain"][0])
+    assert 0 < kept < plain_kept / 4, (kept, plain_kept)
