@@ -4,7 +4,7 @@ face-frame encode, IITF fusion, the sampling loop and the VAE decode, in one pro
 
   python benchmarks/bench_sampling.py --preset large --threads 2 --json
   python benchmarks/bench_sampling.py --preset large --frames 49 --json      (VAE scaling run)
-  python benchmarks/bench_sampling.py --preset large --steps 50 --step-cache 0.3 --json
+  python benchmarks/bench_sampling.py --preset large --steps 50 --step-cache --json   (default threshold)
 
 Targets (issue "Speed and memory"): sampling loop <= 0.3x the published pipeline's on `large`
 (published: 0.57-0.62 s loop, 1.7-2.2 s decode, 1.40 GiB peak RSS on this machine kind with 2 threads),
@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from echovideo import pipeline, sampling, tiny  # noqa: E402
 from echovideo import vae as vae_lib  # noqa: E402
-from echovideo.step_cache import StepCache  # noqa: E402
+from echovideo.step_cache import DEFAULT_THRESHOLD, StepCache  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -59,8 +59,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--frames", type=int, default=None, help="override the preset's frame count (4k+1)")
     ap.add_argument("--steps", type=int, default=None, help="override the preset's step count")
-    ap.add_argument("--step-cache", type=float, default=None, metavar="THRESHOLD",
-                    help="enable the step cache with this threshold and report its deviation")
+    ap.add_argument("--step-cache", type=float, nargs="?", const=DEFAULT_THRESHOLD, default=None,
+                    metavar="THRESHOLD", help="also run with the step cache (threshold: default "
+                    f"{DEFAULT_THRESHOLD}) and report its DiT calls and deviation from the uncached latents")
     ap.add_argument("--no-tiling", action="store_true", help="decode without spatial tiling")
     ap.add_argument("--tile-size", type=int, default=None, help="decode tile size in pixels (default: the VAE's)")
     ap.add_argument("--compile", default=None, metavar="BACKEND",

@@ -10,6 +10,8 @@ import time
 
 import torch
 
+from .step_cache import DEFAULT_THRESHOLD
+
 DEFAULTS = dict(dit="EchoVideo", vae="CogVideoX-5b-vae", t5="EchoVideo-t5-v1_1-xxl",
                 siglip="siglip-base-patch16-224")
 
@@ -42,7 +44,8 @@ def parse_args(argv=None):
     ap.add_argument("--fps", type=int, default=16)
     ap.add_argument("--face-index", type=int, default=0, help="0 = largest face")
     ap.add_argument("--whole-image", action="store_true", help="whole photo as the reference frame (full body)")
-    ap.add_argument("--step-cache", type=float, default=None, metavar="THRESHOLD")
+    ap.add_argument("--step-cache", type=float, nargs="?", const=DEFAULT_THRESHOLD, default=None,
+                    metavar="THRESHOLD", help=f"skip DiT steps with the step cache (threshold: default {DEFAULT_THRESHOLD})")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
                     help="compute dtype (default: bf16 on GPU, fp32 on CPU)")

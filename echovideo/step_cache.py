@@ -1,60 +1,63 @@
 """Step cache (TeaCache-style, optional): skips DiT evaluations whose timestep-modulated input barely
-changed since the last full evaluation, reusing that evaluation's block residual."""
-import numpy as np
+changed since the last full evaluation, reusing that evaluation's block residual.
+
+TeaCache maps the input's relative change to an output change with a polynomial fitted offline for one
+model (and one signal). Here the mapping is fitted online, on the run itself: between two full evaluations
+the residual's change per unit of input change gives a rate, and a skipped step's error is estimated as
+that rate times the input change accumulated since the last full evaluation, relative to the blocks'
+output. So the threshold means the same on any checkpoint or size: the estimated relative (mean absolute)
+error of the reused block output that a skipped step may carry."""
 import torch
 
 from .sampling import DiTCaller
 
-# Polynomial mapping CogVideoX-5B's raw relative change to its output change (TeaCache's published fit,
-# highest power first). Fitted on raw changes up to about 0.3; above that the raw value counts.
-COGVIDEOX_5B_RESCALE = (-1.53880483e+03, 8.43202495e+02, -1.34363087e+02, 7.97131516e+00, -5.23162339e-02)
-FIT_LIMIT = 0.3
+DEFAULT_THRESHOLD = 0.05
+DEFAULT_WARMUP_STEPS = 2  # two full evaluations calibrate the rate
 
 
-def rescaled_change(raw: float, coefficients=COGVIDEOX_5B_RESCALE) -> float:
-    if coefficients is None:
-        return raw
-    if raw <= FIT_LIMIT:
-        return max(raw, float(np.polyval(coefficients, raw)))
-    return max(raw, float(np.polyval(coefficients, FIT_LIMIT)))
+def mean_abs(x: torch.Tensor) -> float:
+    return x.abs().mean().item()
 
 
 class StepCache(DiTCaller):
-    """Accumulates the relative L1 change of the first block's timestep-modulated input; while the sum
-    stays below `threshold` the blocks are skipped and the cached residual is added instead. The first
-    `warmup_steps` and the last step always run the full DiT."""
+    """DiT caller for `sampling.sample` that skips the blocks while the estimated relative error of reusing
+    the last residual stays below `threshold`. The first `warmup_steps` (at least 2) and the last step
+    always run the full DiT. `estimates` records (step, estimated error) for each skipped step."""
 
-    def __init__(self, model, threshold: float = 0.3, warmup_steps: int = 1, rescale=COGVIDEOX_5B_RESCALE):
+    def __init__(self, model, threshold: float = DEFAULT_THRESHOLD, warmup_steps: int = DEFAULT_WARMUP_STEPS):
         super().__init__(model)
-        self.rescale = rescale
         self.threshold = float(threshold)
-        self.warmup_steps = int(warmup_steps)
+        self.warmup_steps = max(int(warmup_steps), 2)
         self.skipped = 0
-        self._previous = None
-        self._accumulated = 0.0
-        self._residual = None
-
-    def _modulated_input(self, x, ctx, temb):
-        return self.model.modulated_video_input(x, ctx, temb)
+        self.estimates = []
+        self._previous_input = None  # modulated input of the previous step
+        self._input_change = 0.0  # sum of mean |input change| since the last full evaluation
+        self._last = None  # (video residual, context residual) of the last full evaluation
+        self._rate = None  # estimated relative output error per unit of accumulated input change
 
     @torch.no_grad()
     def __call__(self, hidden_states, context, timestep, rope, step_index, num_steps):
         model = self.model
         x, ctx, temb = model.embed(hidden_states, context, timestep)
-        modulated = self._modulated_input(x, ctx, temb)
-        full = (step_index < self.warmup_steps or step_index == num_steps - 1 or self._residual is None
-                or self._previous is None or self._previous.shape != modulated.shape)
-        if not full:
-            raw = ((modulated - self._previous).abs().mean() / self._previous.abs().mean().clamp_min(1e-12)).item()
-            self._accumulated += rescaled_change(raw, self.rescale)
-            full = self._accumulated >= self.threshold
-        self._previous = modulated
-        if full:
-            self._accumulated = 0.0
-            self.calls += 1
-            x_out, ctx_out = model.run_blocks(x, ctx, temb, rope)
-            self._residual = (x_out - x, ctx_out - ctx)
+        modulated = model.modulated_video_input(x, ctx, temb)
+        if step_index > 0 and self._previous_input is not None and self._previous_input.shape == modulated.shape:
+            self._input_change += mean_abs(modulated - self._previous_input)
         else:
+            self._last = self._rate = None  # a new run or size: calibrate again
+        self._previous_input = modulated
+        estimate = None if self._rate is None else self._rate * self._input_change
+        full = (step_index < self.warmup_steps or step_index == num_steps - 1 or estimate is None
+                or estimate >= self.threshold)
+        if not full:
             self.skipped += 1
-            x_out, ctx_out = x + self._residual[0], ctx + self._residual[1]
+            self.estimates.append((step_index, estimate))
+            residual, ctx_residual = self._last
+            return model.head(x + residual, ctx + ctx_residual, temb, hidden_states.shape)
+        self.calls += 1
+        x_out, ctx_out = model.run_blocks(x, ctx, temb, rope)
+        residual = x_out - x
+        if self._last is not None and self._input_change > 0:
+            self._rate = mean_abs(residual - self._last[0]) / (self._input_change * max(mean_abs(x_out), 1e-12))
+        self._last = (residual, ctx_out - ctx)
+        self._input_change = 0.0
         return model.head(x_out, ctx_out, temb, hidden_states.shape)

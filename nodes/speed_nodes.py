@@ -12,6 +12,8 @@ import shutil
 
 import torch
 
+from echovideo.step_cache import DEFAULT_THRESHOLD, DEFAULT_WARMUP_STEPS
+
 from . import bridge
 from .bridge import io
 from .types import CompileSettings, CompileSettingsData, Model, StepCacheSettings
@@ -96,24 +98,25 @@ class StepCacheNode(io.ComfyNode):
             display_name="EchoVideo Step Cache",
             category=CATEGORY,
             description="TeaCache-style step cache for the EchoVideo Sampler: skips DiT evaluations whose input "
-                        "barely changed since the last computed step and reuses that step's result. Faster, "
-                        "slightly different video. Applies to the sampler fed by this node's output only; "
-                        "off unless this node is in the graph.",
+                        "barely changed since the last computed step and reuses that step's transformer residual. "
+                        "How much a skip may cost is estimated during the run itself, so the threshold means the "
+                        "same for every checkpoint. Faster, slightly different video. Applies to the sampler fed "
+                        "by this node's output only; off unless this node is in the graph.",
             inputs=[
                 Model.Input("model", tooltip="EchoVideo Model Loader output."),
-                io.Float.Input("threshold", default=0.3, min=0.0, max=5.0, step=0.01, round=0.001,
-                               tooltip="Accumulated input change allowed before the DiT runs again. Higher = more "
-                                       "steps skipped (faster) and more drift from the uncached video; 0 = every "
-                                       "step computed (identical output)."),
-                io.Int.Input("warmup_steps", default=1, min=0, max=500,
-                             tooltip="First steps always computed (they set the layout); the last step is "
-                                     "always computed too."),
+                io.Float.Input("threshold", default=DEFAULT_THRESHOLD, min=0.0, max=1.0, step=0.005, round=0.001,
+                               tooltip="Largest estimated relative error a skipped step may carry (0.05 = 5% of "
+                                       "the transformer output). Higher = more steps skipped (faster) and more "
+                                       "drift from the uncached video; 0 = every step computed (identical output)."),
+                io.Int.Input("warmup_steps", default=DEFAULT_WARMUP_STEPS, min=2, max=500,
+                             tooltip="First steps always computed (they set the layout and calibrate the error "
+                                     "estimate; at least 2); the last step is always computed too."),
             ],
             outputs=[Model.Output(display_name="model", tooltip="The same model with the step cache enabled.")],
         )
 
     @classmethod
-    def execute(cls, model, threshold=0.3, warmup_steps=1) -> io.NodeOutput:
+    def execute(cls, model, threshold=DEFAULT_THRESHOLD, warmup_steps=DEFAULT_WARMUP_STEPS) -> io.NodeOutput:
         # a copy: the cached loader output (shared with other branches) keeps no cache setting
         settings = StepCacheSettings(threshold=float(threshold), warmup_steps=int(warmup_steps))
         return io.NodeOutput(dataclasses.replace(model, step_cache=settings))

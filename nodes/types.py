@@ -6,6 +6,8 @@ from typing import Any, Optional
 
 import torch
 
+from echovideo.step_cache import DEFAULT_THRESHOLD, DEFAULT_WARMUP_STEPS
+
 from .bridge import io
 
 
@@ -70,8 +72,8 @@ class CompileSettingsData:
 
 @dataclass(frozen=True)
 class StepCacheSettings:
-    threshold: float = 0.3
-    warmup_steps: int = 1
+    threshold: float = DEFAULT_THRESHOLD
+    warmup_steps: int = DEFAULT_WARMUP_STEPS
 
 
 @dataclass

@@ -5,7 +5,7 @@ import torch
 from echovideo import attention, sampling, tiny
 from echovideo.compile import compile_blocks
 from echovideo.offload import disable_block_swap, enable_block_swap
-from echovideo.step_cache import StepCache, rescaled_change
+from echovideo.step_cache import DEFAULT_THRESHOLD, StepCache, mean_abs
 from golden import Golden, assert_close_scaled, golden_paths, level1_output
 from test_golden import build_dit
 
@@ -54,30 +54,62 @@ def test_compiled_block_compiles_once_and_matches(golden):
     torch._dynamo.reset()
 
 
-def test_step_cache_skips_and_stays_close():
-    """Tiny `large` preset, 50 steps: at threshold 1.0 at least 1.5x fewer DiT calls, final latents within
-    1% of the uncached latents' scale; at threshold 0 nothing is skipped and the result is identical."""
-    p = tiny.PRESETS["large"]
+def _cache_run(p, steps=50):
     torch.manual_seed(0)
     dit = tiny.tiny_dit(p)
     image_latents = torch.randn(1, (p.frames - 1) // 4 + 1, p.latent_channels, p.height // 8, p.width // 8) * 0.5
     pos, neg = torch.randn(1, p.text_len, p.text_dim), torch.randn(1, p.text_len, p.text_dim)
-    run = dict(steps=50, guidance_scale=6.0, seed=3)
+    run = dict(steps=steps, guidance_scale=6.0, seed=3)
+    return dit, lambda caller: sampling.sample(dit, pos, neg, image_latents, dit_caller=caller, **run)
+
+
+def test_step_cache_default_skips_and_stays_close():
+    """Tiny `large` preset, 50 steps: at the default threshold at least 1.5x fewer DiT calls, final latents
+    within 1% of the uncached latents' scale; at threshold 0 nothing is skipped and the result is identical;
+    a reused cache object calibrates again and repeats its run."""
+    dit, run = _cache_run(tiny.PRESETS["large"])
     plain = sampling.DiTCaller(dit)
-    base = sampling.sample(dit, pos, neg, image_latents, dit_caller=plain, **run)
+    base = run(plain)
     exact = StepCache(dit, threshold=0.0)
-    assert torch.equal(sampling.sample(dit, pos, neg, image_latents, dit_caller=exact, **run), base)
+    assert torch.equal(run(exact), base)
     assert exact.calls == 50 and exact.skipped == 0
-    cache = StepCache(dit, threshold=1.0)
-    cached = sampling.sample(dit, pos, neg, image_latents, dit_caller=cache, **run)
+    cache = StepCache(dit)
+    assert cache.threshold == DEFAULT_THRESHOLD
+    cached = run(cache)
     assert plain.calls / cache.calls >= 1.5, (plain.calls, cache.calls)
     assert cache.calls + cache.skipped == 50
     dev = ((cached - base).abs().max() / base.abs().max()).item()
     print(f"step cache: {cache.calls} DiT calls of 50, max deviation {dev:.2e} of scale")
     assert dev < 0.01
+    calls = cache.calls
+    assert torch.equal(run(cache), cached) and cache.calls == 2 * calls
 
 
-def test_rescale_is_monotone_at_the_fit_edge():
-    assert rescaled_change(0.1) >= 0.1
-    assert rescaled_change(0.5) >= rescaled_change(0.3) >= rescaled_change(0.2)
-    assert rescaled_change(0.1, None) == 0.1
+class _Checked(StepCache):
+    """Also runs the blocks on skipped steps and records the true relative error of the reused output."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.true_errors = []
+
+    def __call__(self, hidden_states, context, timestep, rope, step_index, num_steps):
+        skipped = self.skipped
+        out = super().__call__(hidden_states, context, timestep, rope, step_index, num_steps)
+        if self.skipped > skipped:
+            x, ctx, temb = self.model.embed(hidden_states, context, timestep)
+            x_out, _ = self.model.run_blocks(x, ctx, temb, rope)
+            self.true_errors.append(mean_abs(x_out - (x + self._last[0])) / mean_abs(x_out))
+        return out
+
+
+@pytest.mark.parametrize("preset,threshold", [("large", 0.01), ("large", DEFAULT_THRESHOLD), ("shared", 0.02)])
+def test_step_cache_error_estimate_bounds_true_error(preset, threshold):
+    """The online error estimate does what the threshold promises: every skipped step's true relative error
+    of the reused block output stays within 1.5x the threshold; the first skip comes only after calibration."""
+    dit, run = _cache_run(tiny.PRESETS[preset], steps=30)
+    cache = _Checked(dit, threshold=threshold)
+    run(cache)
+    assert cache.skipped > 0 and len(cache.true_errors) == cache.skipped
+    assert min(step for step, _ in cache.estimates) >= 2
+    assert all(est < threshold for _, est in cache.estimates)
+    assert max(cache.true_errors) <= 1.5 * threshold, (max(cache.true_errors), threshold)
