@@ -2,7 +2,9 @@
 """Memory plan for the real-size EchoVideo DiT, built on the meta device (no allocation).
 
 Prints the weight bytes per storage dtype and, per resolution, the activation peak of one block and of
-attention (CFG batched = batch 2, or batch 1 with guidance 1 / sequential branches), in bf16 activations.
+attention (CFG batched = batch 2, or batch 1 with guidance 1 / sequential branches), in bf16 activations;
+and the real CogVideoX VAE decoder's causal-conv cache carried from one frame chunk to the next (run on the
+meta device), with diffusers' stock convs and with this project's (no unused temporal-kernel-1 caches).
 
   python benchmarks/memory_plan.py [--markdown]
 """
@@ -16,6 +18,7 @@ import torch  # noqa: E402
 
 from echovideo.config import RELEASED_CONFIG  # noqa: E402
 from echovideo.transformer import EchoVideoTransformer  # noqa: E402
+from echovideo.vae import RELEASED_VAE_CONFIG, build_vae  # noqa: E402
 
 RESOLUTIONS = [(480, 640, 49), (480, 848, 49), (480, 480, 49), (848, 480, 49), (640, 480, 49)]  # the published demo sizes
 STORAGE = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8_e4m3fn": 1, "fp8_e5m2": 1}
@@ -52,6 +55,27 @@ def attention_bytes(batch, seq, cfg=RELEASED_CONFIG, act_bytes=2, materialised=F
     return batch * seq * cfg.inner_dim * act_bytes * 4
 
 
+def _tensor_bytes(tree, act_bytes):
+    if torch.is_tensor(tree):
+        return tree.numel() * act_bytes
+    if isinstance(tree, dict):
+        return sum(_tensor_bytes(v, act_bytes) for v in tree.values())
+    return 0
+
+
+def vae_chunk_cache_bytes(height, width, act_bytes=2):
+    """(stock diffusers, this project): bytes of the decoder's conv cache after the first frame chunk
+    (3 latent frames, as for 49 frames) of a height x width decode."""
+    with torch.device("meta"):
+        ours = build_vae(RELEASED_VAE_CONFIG, device="meta")
+        stock = build_vae(RELEASED_VAE_CONFIG, device="meta")
+    for module in stock.modules():
+        module.__dict__.pop("forward", None)  # diffusers' own forward
+    z = torch.empty(1, RELEASED_VAE_CONFIG["latent_channels"], 3, height // 8, width // 8, device="meta")
+    with torch.no_grad():
+        return tuple(_tensor_bytes(vae.decoder(z)[1], act_bytes) for vae in (stock, ours))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--markdown", action="store_true")
@@ -70,6 +94,12 @@ def main():
         print(f"  {h}x{w}x{f:<4} {s:>8}  {block_activation_bytes(2, s) / GIB:10.2f} GiB  "
               f"{block_activation_bytes(1, s) / GIB:10.2f} GiB  {attention_bytes(2, s) / GIB:10.2f} GiB  "
               f"{attention_bytes(2, s, materialised=True) / GIB:10.2f} GiB")
+    print("\nVAE decode (bf16): conv cache carried between frame chunks, stock diffusers -> this project")
+    tile = (RELEASED_VAE_CONFIG["sample_height"] // 2, RELEASED_VAE_CONFIG["sample_width"] // 2)
+    for h, w in [(hh, ww) for hh, ww, _ in RESOLUTIONS] + [tile]:
+        stock, ours = vae_chunk_cache_bytes(h, w)
+        what = "one default tile" if (h, w) == tile else "untiled"
+        print(f"  {h}x{w} ({what}): {stock / GIB:.2f} GiB -> {ours / GIB:.2f} GiB")
     if args.markdown:
         s = tokens(480, 848, 49)
         act = block_activation_bytes(2, s) / GIB
