@@ -222,3 +222,18 @@ def test_text_and_siglip_models_are_managed_by_comfy(env):
     mm.free_memory(1 << 60, mm.get_torch_device())  # what load_models_gpu does when the DiT needs room
     assert t5.patcher not in loaded() and enc.siglip not in loaded()
     assert t5.patcher.model.device == t5.patcher.offload_device
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("path", __import__("golden").golden_paths())
+def test_comfy_attention_matches_golden(env, path):
+    """The `comfy` backend (ComfyUI's optimized_attention, as launched: on this CPU its pytorch/sub-quadratic
+    path) gives the published numbers at the level-1 fp32 tolerance."""
+    from golden import Golden, assert_close_scaled, level1_output
+    from test_golden import build_dit
+
+    comfy_env.pack_module("nodes.bridge").register_comfy_attention()
+    g = Golden(path)
+    model = build_dit(g)
+    model.set_attention("comfy")
+    assert_close_scaled(level1_output(model, g), g["transformer.out.model_output"], name="comfy attention")
