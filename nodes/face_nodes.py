@@ -57,8 +57,9 @@ class FaceEncoderLoader(io.ComfyNode):
                                tooltip="SigLIP vision model (google/siglip-base-patch16-224) file or folder under "
                                        "models/clip_vision."),
                 io.Combo.Input("face_device", options=["auto", "cpu"], default="auto",
-                               tooltip="Where face detection/recognition runs. auto: the GPU when onnxruntime-gpu "
-                                       "is installed, else CPU."),
+                               tooltip="Where face detection/recognition runs. auto: the GPU (ONNX models on it "
+                                       "when onnxruntime-gpu is installed), freed after each Face Encode; cpu: "
+                                       "kept loaded on the CPU."),
             ],
             outputs=[FaceEncoder.Output(display_name="face_encoder", tooltip="Face models + SigLIP.")],
         )
@@ -127,7 +128,7 @@ class FaceEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, face_encoder, image, face_index=0, whole_image=False, average_embeddings=False) -> io.NodeOutput:
-        from echovideo.face import extract_identities, load_face_models
+        from echovideo.face import extract_identities, load_face_models, release_face_models
         from echovideo.pipeline import face_tokens_pair, reference_id_embedding
 
         if image is None or image.dim() != 4 or image.shape[0] == 0:
@@ -135,9 +136,13 @@ class FaceEncode(io.ComfyNode):
         photos = [image_to_uint8(image, i) for i in range(image.shape[0])]
         paths, device = face_encoder.face_models
         models = load_face_models(paths, device)
-        bridge.check_interrupt()
-        idents = extract_identities(models, photos, face_index=int(face_index), whole_image=bool(whole_image),
-                                    average_embeddings=bool(average_embeddings))
+        try:
+            bridge.check_interrupt()
+            idents = extract_identities(models, photos, face_index=int(face_index), whole_image=bool(whole_image),
+                                        average_embeddings=bool(average_embeddings))
+        finally:
+            if device != "cpu":  # outside ComfyUI's accounting: free the VRAM before the DiT needs it
+                release_face_models(models)
         first = idents[0]
         bridge.load_gpu(face_encoder.siglip)
         pos, neg = face_tokens_pair(bridge.unwrap(face_encoder.siglip), first.face_crop)

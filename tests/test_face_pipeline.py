@@ -298,3 +298,16 @@ def test_order_centre_first():
     assert [d.bbox[0] for d in order_centre_first(dets, 100, 100)] == [45, 0, 0]
     assert order_centre_first(dets, 100, 100)[1] is dets[2]
     assert [d.bbox[0] for d in order_by_size(dets)] == [0, 45, 0] and order_by_size(dets)[0] is dets[2]
+
+
+def test_release_one_model_set_keeps_the_others(tiny_dirs):
+    from echovideo.face.models import cached_face_models
+
+    paths = F.FaceModelPaths(tiny_dirs["insightface_root"], tiny_dirs["facexlib_dir"])
+    F.release_face_models()
+    kept = F.load_face_models(paths, "cpu")
+    other = F.load_face_models(paths, "cpu:0")  # another cache key: another set
+    assert other is not kept and cached_face_models() == 2
+    F.release_face_models(other)
+    assert cached_face_models() == 1 and F.load_face_models(paths, "cpu") is kept
+    F.release_face_models()

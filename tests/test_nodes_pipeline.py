@@ -202,3 +202,32 @@ def test_text_width_mismatch_is_clear(env):
     text = SimpleNamespace(positive=torch.zeros(1, 226, 4096), negative=torch.zeros(1, 226, 4096))
     with pytest.raises(ValueError, match="text embeddings are .*226, 4096.*needs \\[1, 226, 16\\]"):
         comfy_env.run_node(fn.IITFFusion, model=model, text=text, identity=None)
+
+
+def test_gpu_face_models_freed_after_face_encode(env, monkeypatch):
+    """Face models on a GPU sit outside ComfyUI's memory accounting: Face Encode frees them after use (CPU ones
+    stay cached). Simulated on the CPU: the bundle says cuda, the loaded set is the CPU one."""
+    import dataclasses
+
+    from echovideo import face as face_lib
+
+    fn = comfy_env.pack_module("nodes.face_nodes")
+    (enc,) = comfy_env.run_node(fn.FaceEncoderLoader, siglip_name="siglip_tiny.safetensors", face_device="cpu")
+    paths, _ = enc.face_models
+    comfy_env.run_node(fn.FaceEncode, face_encoder=enc, image=photo(0))
+    cpu_set = face_lib.load_face_models(paths, "cpu")
+    comfy_env.run_node(fn.FaceEncode, face_encoder=enc, image=photo(0))
+    assert face_lib.load_face_models(paths, "cpu") is cpu_set  # CPU: kept
+
+    requested, load = [], face_lib.load_face_models
+
+    def load_as_if_on_gpu(p, device):
+        requested.append(device)
+        return load(p, "cpu")
+
+    monkeypatch.setattr(face_lib, "load_face_models", load_as_if_on_gpu)
+    gpu = dataclasses.replace(enc, face_models=(paths, "cuda:0"))
+    ident, _, _ = comfy_env.run_node(fn.FaceEncode, face_encoder=gpu, image=photo(0))
+    assert requested == ["cuda:0"] and ident.id_embedding.shape == (1, 512)
+    monkeypatch.undo()
+    assert face_lib.load_face_models(paths, "cpu") is not cpu_set  # freed after use, loaded again

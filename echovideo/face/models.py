@@ -9,6 +9,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Optional
 
 from .errors import FaceModelMissingError
 
@@ -190,10 +191,15 @@ def load_face_models(paths: FaceModelPaths, device: str = "cpu") -> FaceModels:
         return models
 
 
-def release_face_models() -> None:
-    """Drop every cached face model (ComfyUI's "unload models" calls this)."""
+def release_face_models(models: Optional[FaceModels] = None) -> None:
+    """Drop every cached face model (ComfyUI's "unload models" calls this), or only `models`: a GPU set after
+    use, so that it holds no VRAM while the DiT runs (the next use loads it again)."""
     with _lock:
-        _cache.clear()
+        if models is None:
+            _cache.clear()
+        else:
+            for key in [k for k, v in _cache.items() if v is models]:
+                del _cache[key]
     import gc
 
     gc.collect()
