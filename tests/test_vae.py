@@ -75,3 +75,22 @@ def test_unused_conv_caches_dropped_output_unchanged():
     assert torch.equal(vae_lib.decode_raw(ours, z), vae_lib.decode_raw(plain, z))
     kept, plain_kept = _cache_bytes(caches["ours"][0]), _cache_bytes(caches["plain"][0])
     assert 0 < kept < plain_kept / 4, (kept, plain_kept)
+
+
+def test_untiled_out_of_memory_retries_tiled_and_says_so(vae, monkeypatch):
+    calls, logged = [], []
+    real = vae_lib.decode_raw
+
+    def decode(vae_, latents, tiling, tile_size, progress):
+        calls.append(tiling)
+        if not tiling:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(vae_, latents, tiling, tile_size, progress)
+
+    monkeypatch.setattr(vae_lib, "decode_raw", decode)
+    z = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    frames = vae_lib.decode_to_images(vae, z, tiling=False, log=logged.append)
+    assert calls == [False, True] and frames.shape == (9, 64, 64, 3)
+    assert len(logged) == 1 and "retrying with tiling" in logged[0]
+    with pytest.raises(torch.OutOfMemoryError):  # tiled already, or retry off: the error stands
+        vae_lib.decode_to_images(vae, z, tiling=False, retry_tiled_on_oom=False)
