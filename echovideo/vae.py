@@ -20,7 +20,8 @@ RELEASED_VAE_CONFIG = dict(
 VAE_CONFIG_KEYS = ("block_out_channels", "latent_channels", "down_block_types", "up_block_types")
 
 
-def build_vae(config: dict, dtype=torch.float32, device="cpu"):
+def build_vae(config: dict, dtype=torch.float32, device="cpu", drop_unused_caches: bool = True):
+    """AutoencoderKLCogVideoX from a config; drop_unused_caches=False keeps diffusers' stock convs."""
     import inspect
 
     from diffusers import AutoencoderKLCogVideoX
@@ -35,7 +36,8 @@ def build_vae(config: dict, dtype=torch.float32, device="cpu"):
         vae = AutoencoderKLCogVideoX(**cfg).eval().requires_grad_(False)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"the VAE config is not a CogVideoX VAE config: {e}") from e
-    drop_unused_conv_caches(vae)
+    if drop_unused_caches:
+        drop_unused_conv_caches(vae)
     return _move(vae, device, dtype)
 
 
