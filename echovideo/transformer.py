@@ -109,9 +109,8 @@ def gelu_tanh(x):
     if x.device.type != "cpu":
         return nn.functional.gelu(x, approximate="tanh")
     k = 2.0 * math.sqrt(2.0 / math.pi)
-    u = x * x
-    u.mul_(0.044715 * k).add_(k).mul_(x)
-    return u.sigmoid_().mul_(x)
+    u = torch.addcmul(x.new_tensor(k), x, x, value=0.044715 * k)  # 2u / x in one pass
+    return u.mul_(x).sigmoid_().mul_(x)
 
 
 class _GeluProj(nn.Module):

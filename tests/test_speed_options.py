@@ -113,3 +113,15 @@ def test_step_cache_error_estimate_bounds_true_error(preset, threshold):
     assert min(step for step, _ in cache.estimates) >= 2
     assert all(est < threshold for _, est in cache.estimates)
     assert max(cache.true_errors) <= 1.5 * threshold, (max(cache.true_errors), threshold)
+
+
+def test_cpu_gelu_equals_torch_tanh_gelu():
+    """The CPU GELU (sigmoid form, fewer passes) is torch's tanh GELU, also where it saturates or overflows."""
+    import torch.nn.functional as F
+
+    from echovideo.transformer import gelu_tanh
+
+    x = torch.cat([torch.randn(4096) * 3, torch.tensor([0.0, -0.0, 1e-30, -40.0, 40.0, -1e20, 1e20, 3e38])])
+    expected = F.gelu(x, approximate="tanh")
+    got = gelu_tanh(x.clone())
+    torch.testing.assert_close(got, expected, rtol=2e-6, atol=1e-6)
