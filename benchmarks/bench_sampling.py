@@ -6,8 +6,8 @@ face-frame encode, IITF fusion, the sampling loop and the VAE decode, in one pro
   python benchmarks/bench_sampling.py --preset large --frames 49 --json      (VAE scaling run)
   python benchmarks/bench_sampling.py --preset large --steps 50 --step-cache --json   (default threshold)
 
-Targets (issue "Speed and memory"): sampling loop <= 0.3x the published pipeline's on `large`
-(the issue's published figures: 0.57-0.62 s loop, 1.7-2.2 s decode, 1.40 GiB peak RSS on this machine kind with
+Targets: sampling loop <= 0.3x the published pipeline's on `large`
+(the published figures given with the targets: 0.57-0.62 s loop, 1.7-2.2 s decode, 1.40 GiB peak RSS on this machine kind with
 2 threads; measured here side by side, idle: 0.44 s loop, 1.58 s decode, 1676 MiB), peak RSS <= 1.0x,
 fusion_calls = 2 with CFG, decode peak RSS within +-10% from 9 to 49 frames (tiling on). README: the figures.
 """
@@ -26,6 +26,7 @@ import torch  # noqa: E402
 
 from echovideo import pipeline, sampling, tiny  # noqa: E402
 from echovideo import vae as vae_lib  # noqa: E402
+from echovideo.cli import check_shared_options, check_size_options, require  # noqa: E402
 from echovideo.step_cache import DEFAULT_THRESHOLD, StepCache  # noqa: E402
 
 
@@ -54,6 +55,23 @@ def reset_rss_peak() -> bool:
         return False
 
 
+def check_args(ap, args, preset):
+    """Bad values exit with status 2 before any model is built."""
+    require(ap, args.threads >= 1, "--threads", args.threads, "at least 1")
+    if args.frames is not None:
+        check_size_options(ap, preset.width, preset.height, args.frames)
+    check_shared_options(ap, args)
+    # vae.configure_tiling's rule; omitting --tile-size gives the VAE's default
+    require(ap, args.tile_size is None or (args.tile_size >= 64 and args.tile_size % 16 == 0), "--tile-size",
+            args.tile_size, "a multiple of 16, at least 64 pixels (omit it for the VAE's default)")
+    require(ap, 0 <= args.seed < 2 ** 32, "--seed", args.seed, "0 to 2**32 - 1 (numpy's seed range)")
+    if args.compile:
+        import torch._dynamo
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        require(ap, args.compile in backends, "--compile", repr(args.compile), "one of " + ", ".join(backends))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(tiny.PRESETS), default="shared")
@@ -70,12 +88,13 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
+    preset = tiny.PRESETS[args.preset]
+    check_args(ap, args, preset)
 
     torch.set_num_threads(args.threads)
-    preset = tiny.PRESETS[args.preset]
-    if args.frames:
+    if args.frames is not None:
         preset = dataclasses.replace(preset, frames=args.frames)
-    if args.steps:
+    if args.steps is not None:
         preset = dataclasses.replace(preset, steps=args.steps)
 
     dit, vae, siglip_model = tiny.tiny_dit(preset), tiny.tiny_vae(preset), tiny.tiny_siglip(preset)

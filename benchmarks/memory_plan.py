@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from echovideo.config import RELEASED_CONFIG  # noqa: E402
+from echovideo.memory import attention_bytes, block_activation_bytes, video_tokens  # noqa: E402
 from echovideo.transformer import EchoVideoTransformer  # noqa: E402
 from echovideo.vae import RELEASED_VAE_CONFIG, build_vae  # noqa: E402
 
@@ -31,28 +32,6 @@ def weight_bytes():
     n = sum(p.numel() for p in model.parameters())
     block = sum(p.numel() for p in model.transformer_blocks[0].parameters())
     return n, block
-
-
-def tokens(height, width, frames, cfg=RELEASED_CONFIG):
-    lat_f = (frames - 1) // 4 + 1
-    return cfg.max_text_seq_length + lat_f * (height // 16) * (width // 16)
-
-
-def block_activation_bytes(batch, seq, cfg=RELEASED_CONFIG, act_bytes=2):
-    """Peak live tensors inside one block: residual x, the normed copy, q/k/v, attention output and
-    the projection, or the feed-forward's 4x hidden plus its GELU output (the larger of the two phases)."""
-    d = cfg.inner_dim
-    base = batch * seq * d * act_bytes
-    attention_phase = base * (2 + 3 + 1 + 1)
-    ff_phase = base * 2 + batch * seq * 4 * d * act_bytes * 2
-    return max(attention_phase, ff_phase)
-
-
-def attention_bytes(batch, seq, cfg=RELEASED_CONFIG, act_bytes=2, materialised=False):
-    """Flash/memory-efficient SDPA keeps O(seq) per head; the math path materialises heads x seq^2 scores."""
-    if materialised:
-        return batch * cfg.num_attention_heads * seq * seq * act_bytes
-    return batch * seq * cfg.inner_dim * act_bytes * 4
 
 
 def _tensor_bytes(tree, act_bytes):
@@ -78,6 +57,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
+    cfg = RELEASED_CONFIG
     n, block = weight_bytes()
     print(f"parameters: {n:,} ({n / 1e9:.2f} B); one block: {block:,}")
     print("\nweights per storage dtype:")
@@ -88,10 +68,10 @@ def main():
     print("\nactivations (bf16) per resolution, HxWxframes:")
     print("  resolution     tokens  block peak b=2  block peak b=1  flash attn b=2  math attn b=2")
     for h, w, f in RESOLUTIONS:
-        s = tokens(h, w, f)
-        print(f"  {h}x{w}x{f:<4} {s:>8}  {block_activation_bytes(2, s) / GIB:10.2f} GiB  "
-              f"{block_activation_bytes(1, s) / GIB:10.2f} GiB  {attention_bytes(2, s) / GIB:10.2f} GiB  "
-              f"{attention_bytes(2, s, materialised=True) / GIB:10.2f} GiB")
+        s = video_tokens(cfg, h, w, f)
+        print(f"  {h}x{w}x{f:<4} {s:>8}  {block_activation_bytes(cfg, s, 2) / GIB:10.2f} GiB  "
+              f"{block_activation_bytes(cfg, s, 1) / GIB:10.2f} GiB  {attention_bytes(cfg, s, 2) / GIB:10.2f} GiB  "
+              f"{attention_bytes(cfg, s, 2, materialised=True) / GIB:10.2f} GiB")
     print("\nVAE decode (bf16): conv cache carried between frame chunks, stock diffusers -> this project")
     tile = (RELEASED_VAE_CONFIG["sample_height"] // 2, RELEASED_VAE_CONFIG["sample_width"] // 2)
     for h, w in [(hh, ww) for hh, ww, _ in RESOLUTIONS] + [tile]:
@@ -99,8 +79,7 @@ def main():
         what = "one default tile" if (h, w) == tile else "untiled"
         print(f"  {h}x{w} ({what}): {stock / GIB:.2f} GiB -> {ours / GIB:.2f} GiB")
     if args.markdown:
-        s = tokens(480, 848, 49)
-        act = block_activation_bytes(2, s) / GIB
+        act = block_activation_bytes(cfg, video_tokens(cfg, 480, 848, 49), 2) / GIB
         print("\n| weights | DiT weights | + block peak at 480x848x49 (CFG batch 2) | fits fully on |")
         print("|---|---|---|---|")
         for name, total, _ in rows:

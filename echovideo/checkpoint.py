@@ -143,7 +143,8 @@ def load_state_dict(path: str, dtype: Optional[torch.dtype] = None, device="cpu"
     return state
 
 
-def default_compute_dtype(weight_dtype: torch.dtype, device) -> torch.dtype:
+def default_compute_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    """fp32 and fp16 weights compute in their own dtype; bf16 and fp8 in bf16."""
     if weight_dtype == torch.float32:
         return torch.float32
     if weight_dtype == torch.float16:
@@ -167,7 +168,7 @@ def load_transformer(path: str, weight_dtype: Optional[torch.dtype] = None,
     stored = {d for _, d in layout.values()}
     if weight_dtype is None:
         weight_dtype = next(iter(stored)) if len(stored) == 1 else torch.bfloat16
-    compute_dtype = compute_dtype or default_compute_dtype(weight_dtype, device)
+    compute_dtype = compute_dtype or default_compute_dtype(weight_dtype)
     ops = operations or operations_for(weight_dtype, compute_dtype)
     with torch.device("meta"):
         model = EchoVideoTransformer(config, operations=ops, attention=attention)

@@ -4,16 +4,53 @@
       --prompt "A man walks through a busy street..." --out output/echovideo.mp4
 """
 import argparse
+import importlib.util
 import os
 import sys
 import time
 
 import torch
 
+from .errors import EchoVideoInputError
 from .step_cache import DEFAULT_THRESHOLD
+from .video import check_video_size
 
 DEFAULTS = dict(dit="EchoVideo", vae="CogVideoX-5b-vae", t5="EchoVideo-t5-v1_1-xxl",
                 siglip="siglip-base-patch16-224")
+OUTPUT_EXTENSIONS = (".mp4", ".webp", ".gif")  # what video_io.save_video writes
+STEP_CACHE_MAX = 1.0  # the Step Cache node's threshold range is 0 to 1
+
+
+def require(ap, ok, option, got, needs):
+    """Exits with status 2 and the usage before any work when an option's value is bad."""
+    if not ok:
+        ap.error(f"{option}: got {got}, needs {needs}")
+
+
+def check_size_options(ap, width, height, frames):
+    """check_video_size's rule, reported with the command-line option names."""
+    try:
+        check_video_size(width, height, frames)
+    except EchoVideoInputError as e:
+        name, _, fix = str(e).partition(": ")
+        ap.error(f"--{dict(num_frames='frames').get(name, name)}: {fix}")
+
+
+def check_shared_options(ap, args):
+    """Options the CLI and benchmarks/bench_sampling.py share (None: not given)."""
+    require(ap, args.steps is None or args.steps >= 1, "--steps", args.steps, "at least 1")
+    require(ap, args.step_cache is None or 0.0 <= args.step_cache <= STEP_CACHE_MAX, "--step-cache",
+            args.step_cache, f"a threshold from 0 to {STEP_CACHE_MAX} (default {DEFAULT_THRESHOLD})")
+
+
+def check_device(ap, name):
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        ap.error(f"--device: got {name!r}, needs a torch device such as cuda, cuda:0 or cpu")
+    if device.type == "cuda":
+        require(ap, torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(), "--device",
+                repr(name), f"one of the {torch.cuda.device_count()} CUDA devices here, or cpu")
 
 
 def _path(models_dir, folder, name):
@@ -49,7 +86,28 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
                     help="compute dtype (default: bf16 on GPU, fp32 on CPU)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    check_args(ap, args)
+    return args
+
+
+def check_args(ap, args):
+    check_size_options(ap, args.width, args.height, args.frames)
+    check_shared_options(ap, args)
+    require(ap, args.cfg >= 1.0, "--cfg", args.cfg, "at least 1.0 (1.0 turns guidance off)")
+    require(ap, args.fps >= 1, "--fps", args.fps, "at least 1")
+    require(ap, args.face_index >= 0, "--face-index", args.face_index, "0 (largest face) or more")
+    require(ap, -2 ** 63 <= args.seed < 2 ** 64, "--seed", args.seed, "a 64-bit integer")
+    ext = os.path.splitext(args.out)[1].lower()
+    require(ap, ext in OUTPUT_EXTENSIONS, "--out", repr(args.out), "a " + ", ".join(OUTPUT_EXTENSIONS) + " file name")
+    require(ap, ext != ".mp4" or importlib.util.find_spec("av") is not None, "--out", repr(args.out),
+            "PyAV for .mp4 (pip install av), or a .webp / .gif file name")
+    require(ap, os.path.isfile(args.image), "--image", repr(args.image), "an existing image file")
+    require(ap, args.tokenizer is None or os.path.isdir(args.tokenizer), "--tokenizer", repr(args.tokenizer),
+            "an existing tokenizer folder")
+    require(ap, os.path.isdir(os.path.expanduser(args.models_dir)), "--models-dir", repr(args.models_dir),
+            "an existing folder")
+    check_device(ap, args.device)
 
 
 def main(argv=None):
@@ -60,11 +118,10 @@ def main(argv=None):
     from .ops import DTYPES
     from .siglip import load_siglip
     from .step_cache import StepCache
-    from .video import check_video_size
     from .video_io import save_video
 
-    check_video_size(args.width, args.height, args.frames)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device != "cpu" else torch.float32)
+    on_cpu = torch.device(args.device).type == "cpu"
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if on_cpu else torch.bfloat16)
     m = os.path.expanduser(args.models_dir)
     paths = dict(t5=_path(m, "text_encoders", args.t5), siglip=_path(m, "clip_vision", args.siglip),
                  vae=_path(m, "vae", args.vae), dit=_path(m, "diffusion_models", args.dit))
@@ -88,7 +145,7 @@ def main(argv=None):
     del t5
 
     siglip_model = load_siglip(paths["siglip"], dtype=torch.float32, device=args.device)
-    vae = vae_lib.load_vae(paths["vae"], dtype=torch.float32 if args.device == "cpu" else dtype,
+    vae = vae_lib.load_vae(paths["vae"], dtype=torch.float32 if on_cpu else dtype,
                            device=args.device)
     dit = load_transformer(paths["dit"], compute_dtype=dtype, device=args.device)
     caller = StepCache(dit, threshold=args.step_cache) if args.step_cache is not None else None

@@ -36,11 +36,3 @@ def enable_block_swap(model, blocks_on_offload: int, device, offload_device="cpu
 def disable_block_swap(model, device) -> None:
     model.block_hook = None
     model.to(device)
-
-
-def offload(module, offload_device="cpu") -> None:
-    """Moves a finished model (T5, SigLIP, face models) off the GPU."""
-    if module is not None:
-        module.to(offload_device)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()

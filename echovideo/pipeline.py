@@ -9,7 +9,7 @@ import torch
 from . import siglip as siglip_lib
 from . import vae as vae_lib
 from .errors import check
-from .sampling import sample
+from .sampling import compute_dtype_of, sample
 from .video import check_video_size
 
 
@@ -38,15 +38,14 @@ def face_tokens_pair(siglip_model, face_uint8: np.ndarray):
 
 @torch.no_grad()
 def fuse_conditioning(dit, text_positive, text_negative, face_tokens, negative_face_tokens, id_embedding,
-                      with_negative: bool = True) -> FusedConditioning:
-    """IITF once per branch. Negative: negative prompt, black-image face tokens, zero ArcFace embedding."""
-    p = next(dit.parameters())
-    dtype = getattr(dit, "compute_dtype", p.dtype if p.is_floating_point() else torch.float32)
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        dtype = torch.bfloat16
+                      with_negative: bool = True, device=None) -> FusedConditioning:
+    """IITF once per branch. Negative: negative prompt, black-image face tokens, zero ArcFace embedding.
+    device: where IITF runs (default: the first weight's device)."""
+    device = torch.device(device) if device is not None else next(dit.parameters()).device
+    dtype = compute_dtype_of(dit)
 
     def run(text, face, ident):
-        return dit.fuse_identity(text.to(p.device, dtype), face.to(p.device, dtype), ident.to(p.device, dtype))
+        return dit.fuse_identity(text.to(device, dtype), face.to(device, dtype), ident.to(device, dtype))
 
     ident = reference_id_embedding(id_embedding)
     positive = run(text_positive, face_tokens, ident)

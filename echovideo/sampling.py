@@ -25,15 +25,18 @@ def make_scheduler(config: Optional[dict] = None):
 
 
 def compute_dtype_of(model) -> torch.dtype:
+    """The dtype activations run in: the model's `compute_dtype` when set (the loaders set it), else the weights'."""
+    if getattr(model, "compute_dtype", None) is not None:
+        return model.compute_dtype
     for p in model.parameters():
         if p.is_floating_point():
             return p.dtype if p.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.bfloat16
     return torch.float32
 
 
-def initial_noise(shape, seed: int) -> torch.Tensor:
-    """The first draw of the seeded CPU generator (float32)."""
-    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(seed)), dtype=torch.float32)
+def initial_noise(shape, generator: torch.Generator) -> torch.Tensor:
+    """The initial latents' noise: the seeded CPU generator's first draw (float32)."""
+    return torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
 class DiTCaller:
@@ -53,12 +56,15 @@ def sample(model, positive_context: torch.Tensor, negative_context: Optional[tor
            image_latents: torch.Tensor, *, steps: int = 50, guidance_scale: float = 6.0,
            dynamic_cfg: bool = True, seed: int = 42, callback: Optional[StepCallback] = None,
            scheduler_config: Optional[dict] = None, dtype: Optional[torch.dtype] = None,
-           dit_caller: Optional[DiTCaller] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+           dit_caller: Optional[DiTCaller] = None, generator: Optional[torch.Generator] = None,
+           device: Optional[torch.device] = None) -> torch.Tensor:
     """Denoised latents [1, F, C, h, w] (float32).
 
     positive_context / negative_context: IITF-fused contexts [1, L, D] (negative: negative prompt,
     zero ArcFace embedding, SigLIP tokens of a black image). image_latents: face-frame latents
-    [1, F, C, h, w]; the video size follows from them. guidance_scale <= 1 skips the unconditional branch."""
+    [1, F, C, h, w]; the video size follows from them. guidance_scale <= 1 skips the unconditional branch.
+    device: where the loop runs (default: the first weight's device; pass it when weights are partially
+    offloaded). dtype: the activations' dtype (default: the model's compute dtype)."""
     cfg = model.config
     check(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer >= 1")
     check(image_latents.dim() == 5 and image_latents.shape[0] == 1 and image_latents.shape[2] == cfg.out_channels
@@ -73,14 +79,14 @@ def sample(model, positive_context: torch.Tensor, negative_context: Optional[tor
               "negative_context", None if negative_context is None else tuple(negative_context.shape),
               f"{tuple(positive_context.shape)} when guidance_scale > 1")
 
-    device = next(model.parameters()).device
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     dtype = dtype or compute_dtype_of(model)
     _, n_lat, _, h, w = image_latents.shape
     rope = rotary_embedding_for_video(cfg.attention_head_dim, cfg.patch_size, h * SPATIAL_COMPRESSION,
                                       w * SPATIAL_COMPRESSION, (n_lat - 1) * TEMPORAL_COMPRESSION + 1, device=device)
 
     generator = generator or torch.Generator("cpu").manual_seed(int(seed))
-    noise = torch.randn(image_latents.shape, generator=generator, dtype=torch.float32)
+    noise = initial_noise(image_latents.shape, generator)
     scheduler = make_scheduler(scheduler_config)
     scheduler.set_timesteps(steps, device="cpu")
     latents = (noise * scheduler.init_noise_sigma).to(device)

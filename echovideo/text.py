@@ -122,6 +122,11 @@ def load_t5_encoder(folder_or_file: str, dtype: torch.dtype = torch.bfloat16, de
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     model.to(device=device, dtype=dtype)
+    if dtype == torch.float16:  # as transformers' from_pretrained: T5's `wo` overflows in fp16
+        keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+        for name, module in model.named_modules():
+            if name.split(".")[-1] in keep:
+                module.float()
     model.eval().requires_grad_(False)
     return model
 

@@ -16,8 +16,3 @@ def check_video_size(width: int, height: int, num_frames: int) -> None:
 
 def latent_frames(num_frames: int) -> int:
     return (num_frames - 1) // TEMPORAL_COMPRESSION + 1
-
-
-def latent_shape(width: int, height: int, num_frames: int, channels: int):
-    """[1, latent frames, channels, h, w]."""
-    return (1, latent_frames(num_frames), channels, height // SPATIAL_COMPRESSION, width // SPATIAL_COMPRESSION)

@@ -188,8 +188,23 @@ def operations(weight: torch.dtype, compute: torch.dtype, device=None):
     return comfy.ops.pick_operations(weight, compute, load_device=device)
 
 
-def text_encoder_dtype(device=None) -> torch.dtype:
-    return mm.text_encoder_dtype(device)
+def t5_dtype(device=None) -> torch.dtype:
+    """ComfyUI's --fp16/--bf16/--fp32-text-enc when given; else bf16 (the reference's) where the device has it,
+    else fp16 (the T5 loader keeps the overflow-prone `wo` layers in fp32)."""
+    from comfy.cli_args import args
+
+    for flag, dtype in (("fp16_text_enc", torch.float16), ("bf16_text_enc", torch.bfloat16),
+                        ("fp32_text_enc", torch.float32)):
+        if getattr(args, flag, False):
+            return dtype
+    if getattr(args, "fp8_e4m3fn_text_enc", False) or getattr(args, "fp8_e5m2_text_enc", False):
+        raise ValueError("EchoVideo T5 Loader: ComfyUI runs with an fp8 text-encoder flag, which this loader "
+                         "cannot store. Set precision to bf16, fp16 or fp32, or load t5xxl_fp8_e4m3fn.safetensors "
+                         "with the core Load CLIP node into Text Encode's clip input.")
+    device = device if device is not None else load_device("text")
+    if mm.is_device_cpu(device) or mm.should_use_bf16(device, prioritize_performance=False):
+        return torch.bfloat16
+    return torch.float16
 
 
 # ---------------------------------------------------------------- model patchers
@@ -215,11 +230,23 @@ def unwrap(patcher) -> torch.nn.Module:
     return m.inner if isinstance(m, ModuleHolder) else m
 
 
+def has_cast_layers(patcher) -> bool:
+    """True when the module is built from comfy.ops layers, which run with their weights left offloaded."""
+    return any(hasattr(m, "comfy_cast_weights") for m in patcher.model.modules())
+
+
 def load_gpu(patchers, memory_required: int = 0) -> None:
-    """Load patchers to their load device (offloading other models as needed)."""
+    """Load patchers to their load device (offloading other models as needed). Only models built from
+    comfy.ops layers (the DiT) may load partially; plain torch modules (T5, SigLIP, VAE) load fully, since
+    a layer left on the offload device would meet inputs on another device."""
     if not isinstance(patchers, (list, tuple)):
         patchers = [patchers]
-    mm.load_models_gpu(list(patchers), memory_required=memory_required)
+    partial = [p for p in patchers if has_cast_layers(p)]
+    full = [p for p in patchers if not has_cast_layers(p)]
+    if full:
+        mm.load_models_gpu(full, memory_required=memory_required, force_full_load=True)
+    if partial:
+        mm.load_models_gpu(partial, memory_required=memory_required)
 
 
 def soft_empty_cache() -> None:

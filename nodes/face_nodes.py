@@ -67,7 +67,7 @@ class FaceEncoderLoader(io.ComfyNode):
     @classmethod
     def execute(cls, siglip_name, face_device="auto") -> io.NodeOutput:
         from echovideo.face import load_face_models
-        from echovideo.siglip import image_size_of, load_siglip
+        from echovideo.siglip import load_siglip
 
         from .model_nodes import named_errors, resolve_entry
 
@@ -79,18 +79,22 @@ class FaceEncoderLoader(io.ComfyNode):
         with named_errors("EchoVideo Face Encoder Loader", spath, "a SigLIP vision model"):
             siglip = load_siglip(spath, dtype=torch.float32, device="cpu").to(dtype)
         return io.NodeOutput(FaceEncoderBundle(face_models=(paths, device), siglip=bridge.wrap(siglip, kind="text"),
-                                               siglip_path=spath, image_size=image_size_of(siglip)))
+                                               siglip_path=spath))
 
 
-def image_to_uint8(image: torch.Tensor, index: int = 0) -> np.ndarray:
-    """ComfyUI IMAGE [B, H, W, C] float in [0, 1] -> H x W x 3 uint8."""
+def images_to_uint8(image: torch.Tensor) -> list:
+    """ComfyUI IMAGE [B, H, W, C] float in [0, 1] -> B photos, H x W x 3 uint8."""
+    from echovideo.face.image import to_uint8_rgb
+
     if image is None or image.dim() != 4 or image.shape[0] == 0:
         raise ValueError(f"EchoVideo: image batch is empty or not an IMAGE (got "
                          f"{None if image is None else tuple(image.shape)}); connect at least one photo")
-    x = image[index, ..., :3]
-    if x.shape[-1] == 1:
-        x = x.expand(-1, -1, 3)
-    return (x.clamp(0, 1).cpu().float().numpy() * 255.0).round().astype(np.uint8)
+    return [to_uint8_rgb(photo) for photo in image]
+
+
+def image_to_uint8(image: torch.Tensor) -> np.ndarray:
+    """The first photo of a ComfyUI IMAGE as H x W x 3 uint8."""
+    return images_to_uint8(image[:1] if torch.is_tensor(image) else image)[0]
 
 
 def uint8_to_image(a: np.ndarray) -> torch.Tensor:
@@ -131,9 +135,10 @@ class FaceEncode(io.ComfyNode):
         from echovideo.face import extract_identities, load_face_models, release_face_models
         from echovideo.pipeline import face_tokens_pair, reference_id_embedding
 
-        if image is None or image.dim() != 4 or image.shape[0] == 0:
-            image_to_uint8(image)  # raises the clear error
-        photos = [image_to_uint8(image, i) for i in range(image.shape[0])]
+        photos = images_to_uint8(image)
+        if len(photos) > 1 and not average_embeddings:
+            raise ValueError(f"EchoVideo Face Encode: image holds {len(photos)} photos, but one identity is made "
+                             "per run: turn average_embeddings on to combine them, or connect one photo")
         paths, device = face_encoder.face_models
         models = load_face_models(paths, device)
         try:
@@ -185,7 +190,7 @@ class IITFFusion(io.ComfyNode):
         bridge.load_gpu(model.patcher)
         neg_tokens = identity.extra.get("negative_face_tokens")
         fused = fuse_conditioning(model.model, text.positive, text.negative, identity.face_tokens, neg_tokens,
-                                  identity.id_embedding, with_negative=True)
+                                  identity.id_embedding, with_negative=True, device=model.device)
         out = bridge.intermediate_device()
         return io.NodeOutput(ConditioningData(positive=fused.positive.to(out), negative=fused.negative.to(out)))
 

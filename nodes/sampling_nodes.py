@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import torch
 
+from echovideo.errors import EchoVideoInputError
+from echovideo.video import check_video_size
+
 from . import bridge
 from .bridge import io
 from .face_nodes import image_to_uint8
@@ -14,14 +17,12 @@ MAX_FRAMES = 257
 
 
 def size_problem(width, height, num_frames):
-    """None, or a message for a size the model cannot take."""
-    problems = []
-    if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % 4:
-        problems.append(f"num_frames is {num_frames}: needs 4k+1 (e.g. 9, 25, 49)")
-    for name, v in (("width", width), ("height", height)):
-        if not isinstance(v, int) or v < 16 or v % 16:
-            problems.append(f"{name} is {v}: needs a multiple of 16 (e.g. 720 x 480)")
-    return "; ".join(problems) or None
+    """None, or the library's message for a size the model cannot take."""
+    try:
+        check_video_size(width, height, num_frames)
+    except EchoVideoInputError as e:
+        return str(e)
+    return None
 
 
 class FaceFrameEncode(io.ComfyNode):
@@ -59,19 +60,14 @@ class FaceFrameEncode(io.ComfyNode):
         problem = size_problem(width, height, num_frames)
         if problem:
             raise ValueError(f"EchoVideo Face Frame Encode: {problem}")
+        if torch.is_tensor(image) and image.dim() == 4 and image.shape[0] > 1:
+            raise ValueError(f"EchoVideo Face Frame Encode: image holds {image.shape[0]} images; the first latent "
+                             "frame is one image: connect Face Encode's reference_image (or pick one image)")
         face = image_to_uint8(image)
         bridge.load_gpu(vae.patcher)
         latents = encode_face_frame(vae.vae, face, int(width), int(height), int(num_frames))
         return io.NodeOutput(ImageLatentsData(latents=latents.float().to(bridge.intermediate_device()),
                                               width=int(width), height=int(height), num_frames=int(num_frames)))
-
-
-def _memory_estimate(model, image_latents: torch.Tensor, batch: int) -> int:
-    """Rough activation memory for one DiT call (bytes), so ComfyUI frees enough before loading."""
-    c = model.config
-    _, f, _, h, w = image_latents.shape
-    tokens = f * (h // c.patch_size) * (w // c.patch_size) + c.max_text_seq_length
-    return int(batch * tokens * c.inner_dim * 2 * 24)
 
 
 class InterruptHook:
@@ -117,12 +113,15 @@ class Sampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, conditioning, image_latents, steps=50, cfg=6.0, dynamic_cfg=True, seed=42):
+        from echovideo.memory import sampling_memory_bytes
         from echovideo.sampling import sample
 
         dit = model.model
         use_cfg = cfg > 1.0
         lat = image_latents.latents
-        bridge.load_gpu(model.patcher, memory_required=_memory_estimate(dit, lat, 2 if use_cfg else 1))
+        _, frames, _, h, w = lat.shape
+        bridge.load_gpu(model.patcher, memory_required=sampling_memory_bytes(
+            dit.config, frames, h, w, batch=2 if use_cfg else 1, dtype=model.compute_dtype))
         progress = bridge.Progress(int(steps))
 
         def on_step(step, total, latents):
@@ -141,7 +140,7 @@ class Sampler(io.ComfyNode):
         try:
             latents = sample(dit, conditioning.positive, conditioning.negative if use_cfg else None, lat,
                              steps=int(steps), guidance_scale=float(cfg), dynamic_cfg=bool(dynamic_cfg),
-                             seed=int(seed), callback=on_step, dit_caller=caller)
+                             seed=int(seed), callback=on_step, dit_caller=caller, device=model.device)
         finally:
             dit.block_hook = previous_hook
         if caller is not None:

@@ -45,7 +45,9 @@ class T5Loader(io.ComfyNode):
                 io.Combo.Input("t5_name", options=t5_choices(),
                                tooltip="Folder or file under models/text_encoders (e.g. the released text_encoder/ folder)."),
                 io.Combo.Input("precision", options=["default", "bf16", "fp16", "fp32"], default="default",
-                               tooltip="Weight and compute dtype. default: ComfyUI's text-encoder dtype for this device."),
+                               tooltip="Weight and compute dtype. default: ComfyUI's --fp16/--bf16/--fp32-text-enc "
+                                       "flag if given, else bf16 (the reference's) where the device supports it, "
+                                       "else fp16 (the wo layers stay fp32)."),
             ],
             outputs=[T5Encoder.Output(display_name="t5", tooltip="T5 encoder for EchoVideo Text Encode.")],
         )
@@ -53,10 +55,7 @@ class T5Loader(io.ComfyNode):
     @classmethod
     def execute(cls, t5_name, precision="default") -> io.NodeOutput:
         path = _resolve_t5(t5_name)
-        dtype = bridge.text_encoder_dtype(bridge.load_device("text")) if precision == "default" \
-            else bridge.weight_dtype(precision)
-        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            dtype = torch.bfloat16
+        dtype = bridge.t5_dtype() if precision == "default" else bridge.weight_dtype(precision)
         # tokenizer: the released tokenizer/ beside the weights, else ComfyUI's shipped T5 tokenizer
         tok_dir = text.find_tokenizer_beside(path) or bridge.comfy_t5_tokenizer_dir()
         from .model_nodes import named_errors

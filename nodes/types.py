@@ -8,12 +8,7 @@ import torch
 
 from echovideo.step_cache import DEFAULT_THRESHOLD, DEFAULT_WARMUP_STEPS
 
-from .bridge import io
-
-
-def _module(patcher):
-    m = patcher.model
-    return getattr(m, "inner", m) if type(m).__name__ == "ModuleHolder" else m
+from .bridge import io, unwrap
 
 
 T5Encoder = io.Custom("ECHOVIDEO_T5")
@@ -55,11 +50,16 @@ class ModelBundle:
 
     @property
     def model(self):
-        return _module(self.patcher)
+        return unwrap(self.patcher)
 
     @property
     def config(self):
-        return _module(self.patcher).config
+        return unwrap(self.patcher).config
+
+    @property
+    def device(self):
+        """Where the DiT computes: ComfyUI's load device (weights may be partly offloaded)."""
+        return self.patcher.load_device
 
 
 @dataclass(frozen=True)
@@ -85,16 +85,15 @@ class VaeBundle:
 
     @property
     def vae(self):
-        return _module(self.patcher)
+        return unwrap(self.patcher)
 
 
 @dataclass
 class FaceEncoderBundle:
-    """ECHOVIDEO_FACE_ENCODER: face models (detector, parser, ArcFace) + SigLIP."""
-    face_models: Any
+    """ECHOVIDEO_FACE_ENCODER: where the face models (detector, parser, ArcFace) load from + SigLIP."""
+    face_models: Any  # (FaceModelPaths, device): loaded (and cached) by the face pipeline when used
     siglip: Any  # ModelPatcher around the SigLIP vision model
     siglip_path: str
-    image_size: int = 384
 
 
 @dataclass

@@ -8,16 +8,44 @@ from safetensors import safe_open
 
 DEFAULT_GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "echovideo_tiny.safetensors"
 LAYOUT_FILE = DEFAULT_GOLDEN.parent / "echovideo_transformer_layout.json"
+ENV_VAR = "ECHOVIDEO_GOLDEN"
+
+
+class GoldenPathError(RuntimeError):
+    """ECHOVIDEO_GOLDEN names no golden file, or one that is not there: no golden check could run."""
 
 
 def golden_paths():
-    env = os.environ.get("ECHOVIDEO_GOLDEN")
-    return [p for p in env.split(":") if p] if env else [str(DEFAULT_GOLDEN)]
+    """The golden files to test: ECHOVIDEO_GOLDEN (paths joined by ':'), default DEFAULT_GOLDEN when unset.
+
+    Raises GoldenPathError when the variable is set but names no file (empty, ':', whitespace) or names a
+    path that is not a file: the golden tests must fail then, not skip or run some other file."""
+    env = os.environ.get(ENV_VAR)
+    if env is None:
+        paths = [str(DEFAULT_GOLDEN)]
+    else:
+        paths = [p for p in env.split(":") if p.strip()]
+        if not paths:
+            raise GoldenPathError(
+                f"{ENV_VAR}={env!r} names no golden file: expected one or more paths to golden .safetensors "
+                f"files joined by ':' (e.g. {ENV_VAR}=/data/a.safetensors:/data/b.safetensors), or leave it "
+                f"unset for the default {DEFAULT_GOLDEN}")
+    bad = [p for p in paths if not os.path.isfile(p)]
+    if bad:
+        raise GoldenPathError(
+            f"{ENV_VAR}: golden file{'s' if len(bad) > 1 else ''} not found: "
+            + ", ".join(repr(p) + (" (a directory)" if os.path.isdir(p) else "") for p in bad)
+            + (f" (from {ENV_VAR}={env!r}; expected paths to golden .safetensors files joined by ':')"
+               if env is not None else " (the default; set ECHOVIDEO_GOLDEN to paths joined by ':')"))
+    return paths
 
 
 class Golden:
     def __init__(self, path):
         self.path = str(path)
+        if not os.path.isfile(self.path):
+            raise GoldenPathError(f"golden file not found: {self.path!r} ({ENV_VAR} lists golden .safetensors "
+                                  f"files joined by ':')")
         with safe_open(self.path, "pt") as f:
             self.meta = json.loads(f.metadata()["meta"])
             self.tensors = {k: f.get_tensor(k) for k in f.keys()}

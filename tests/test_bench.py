@@ -32,3 +32,35 @@ def test_presets_match_the_issue(bench):
                        p.height, p.width, p.steps, p.guidance)
     assert shape(PRESETS["shared"]) == (2, 2, 16, 4, 64, 16, 9, 64, 64, 4, 6.0)
     assert shape(PRESETS["large"]) == (4, 4, 32, 16, 128, 32, 25, 128, 192, 6, 6.0)
+
+
+class ModelBuilt(Exception):
+    pass
+
+
+@pytest.fixture
+def no_models(bench, monkeypatch):
+    """Building a model raises ModelBuilt: a bad option must fail before that."""
+    def built(*_):
+        raise ModelBuilt
+    monkeypatch.setattr(bench.tiny, "tiny_dit", built)
+    return bench
+
+
+def test_valid_options_reach_the_models(no_models):
+    with pytest.raises(ModelBuilt):
+        no_models.main(["--frames", "25", "--steps", "1", "--step-cache", "0", "--tile-size", "64", "--threads", "1"])
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--threads", "0", "at least 1"), ("--frames", "0", "4k+1"), ("--frames", "10", "4k+1"),
+    ("--steps", "0", "at least 1"), ("--step-cache", "-0.1", "from 0 to 1"), ("--step-cache", "1.5", "from 0 to 1"),
+    ("--tile-size", "0", "at least 64"), ("--tile-size", "48", "at least 64"), ("--tile-size", "100", "multiple of 16"),
+    ("--seed", "-1", "seed range"), ("--compile", "nope", "inductor"),
+])
+def test_bad_option_fails_before_building_models(no_models, capsys, option, value, says):
+    with pytest.raises(SystemExit) as exit_info:
+        no_models.main(["--preset", "shared", option, value])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "usage:" in err
+    assert f"{option}: got" in err and says in err

@@ -31,10 +31,48 @@ def test_cli_writes_mp4(tiny_models, tmp_path):
     assert len(frames) == 9 and (stream.width, stream.height) == (64, 64)
 
 
-def test_cli_refuses_bad_size_and_missing_model(tiny_models, tmp_path):
-    from echovideo.errors import EchoVideoInputError
-
-    with pytest.raises(EchoVideoInputError, match="num_frames: got 10"):
+def test_cli_refuses_bad_size_and_missing_model(tiny_models, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         cli.main(tiny_args(tiny_models, tmp_path / "x.mp4", "--frames", "10"))
+    assert exit_info.value.code == 2 and "--frames: got 10, needs 4k+1" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="diffusion_models model 'nope.safetensors' not found"):
         cli.main(tiny_args(tiny_models, tmp_path / "x.mp4", "--dit", "nope.safetensors"))
+
+
+def checked_args(tmp_path, *extra):
+    """Valid options with an empty --models-dir: past the checks, the run stops at the first model path."""
+    (tmp_path / "models").mkdir(exist_ok=True)
+    (tmp_path / "photo.png").write_bytes(b"")
+    return ["--models-dir", str(tmp_path / "models"), "--image", str(tmp_path / "photo.png"), "--prompt", "x",
+            "--out", str(tmp_path / "x.webp"), "--device", "cpu", *extra]
+
+
+def test_valid_options_reach_the_model_paths(tmp_path):
+    with pytest.raises(SystemExit, match="text_encoders model .* not found"):
+        cli.main(checked_args(tmp_path))
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--fps", "0", "at least 1"), ("--out", "x.avi", ".mp4, .webp, .gif"),
+    ("--cfg", "-3", "1.0 turns guidance off"), ("--cfg", "0.5", "at least 1.0"), ("--cfg", "nan", "at least 1.0"),
+    ("--step-cache", "-1", "from 0 to 1"), ("--step-cache", "1.5", "from 0 to 1"), ("--steps", "0", "at least 1"),
+    ("--device", "cdua", "torch device"), ("--device", "cuda:99", "CUDA devices"),
+    ("--frames", "10", "4k+1"), ("--frames", "0", "4k+1"), ("--width", "100", "multiple of 16"),
+    ("--height", "0", "multiple of 16"), ("--face-index", "-1", "largest face"), ("--seed", str(2 ** 64), "64-bit"),
+    ("--image", "missing.png", "existing image"), ("--tokenizer", "missing", "existing tokenizer"),
+    ("--models-dir", "missing", "existing folder"),
+])
+def test_bad_option_fails_before_loading(tmp_path, capsys, option, value, says):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(checked_args(tmp_path, option, value))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "usage:" in err
+    assert f"{option}: got" in err and says in err
+
+
+def test_mp4_without_pyav_fails_before_loading(tmp_path, capsys, monkeypatch):
+    find_spec = cli.importlib.util.find_spec
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name, *a: None if name == "av" else find_spec(name, *a))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(checked_args(tmp_path, "--out", str(tmp_path / "x.mp4")))
+    assert exit_info.value.code == 2 and "--out: got" in capsys.readouterr().err

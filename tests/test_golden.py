@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from echovideo import sampling, siglip
+from echovideo import pipeline, sampling, siglip
 from echovideo import vae as vae_lib
 from echovideo.rope import rotary_embedding_for_video
 from echovideo.transformer import EchoVideoTransformer
@@ -73,6 +73,20 @@ def test_level1_bf16_error_is_bounded(golden, record_property):
     assert rel < 0.05
 
 
+class RecordingCaller(sampling.DiTCaller):
+    """The default DiT caller that also keeps the DiT's input at the first step (the CFG batch of the initial
+    latents concatenated with the face-frame latents on channels), as sample() built it."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.first_input = None
+
+    def __call__(self, x, context, timestep, rope, step_index, num_steps):
+        if self.first_input is None:
+            self.first_input = x.detach().clone()
+        return super().__call__(x, context, timestep, rope, step_index, num_steps)
+
+
 class Level2:
     """Runs the pipeline from pipeline.in.* and the seed only."""
 
@@ -88,21 +102,24 @@ class Level2:
         size = meta["siglip_image_size"]
         self.pixel_values = siglip.siglip_pixel_values(self.face, size)
         self.neg_pixel_values = siglip.siglip_pixel_values(np.zeros_like(self.face), size)
-        self.face_tokens = siglip.face_tokens(self.siglip, self.pixel_values)
-        self.neg_face_tokens = siglip.face_tokens(self.siglip, self.neg_pixel_values)
+        # The tokens the pipeline uses (face_tokens_pair sizes the input from the model itself).
+        self.face_tokens, self.neg_face_tokens = pipeline.face_tokens_pair(self.siglip, self.face)
         w, h, f = meta["width"], meta["height"], meta["num_frames"]
         self.first_frame = vae_lib.first_frame_pixels(self.face, w, h)
         self.image_latents = vae_lib.encode_face_frame(self.vae, self.face, w, h, f)
-        ident = g["pipeline.in.id_embedding"].to(torch.bfloat16).float()
-        with torch.no_grad():
-            self.pos = self.dit.fuse_identity(g["pipeline.in.prompt_embeds"], self.face_tokens, ident)
-            self.neg = self.dit.fuse_identity(g["pipeline.in.negative_prompt_embeds"], self.neg_face_tokens,
-                                              torch.zeros_like(ident))
+        # The library's IITF conditioning: it rounds the ArcFace embedding to bf16 (reference_id_embedding)
+        # and gives the unconditional branch a zero embedding; nothing here re-implements that.
+        guided = meta["guidance_scale"] > 1.0
+        cond = pipeline.fuse_conditioning(self.dit, g["pipeline.in.prompt_embeds"],
+                                          g["pipeline.in.negative_prompt_embeds"], self.face_tokens,
+                                          self.neg_face_tokens, g["pipeline.in.id_embedding"], with_negative=guided)
+        self.pos, self.neg = cond.positive, cond.negative
         self.steps_seen = []
+        self.caller = RecordingCaller(self.dit)
         self.latents = sampling.sample(
             self.dit, self.pos, self.neg, self.image_latents, steps=meta["num_inference_steps"],
             guidance_scale=meta["guidance_scale"], dynamic_cfg=meta["use_dynamic_cfg"], seed=meta["seed"],
-            callback=lambda i, n, lat: self.steps_seen.append((i, n, tuple(lat.shape))))
+            scheduler_config=meta.get("scheduler_config"), callback=lambda i, n, lat: self.steps_seen.append((i, n, tuple(lat.shape))), dit_caller=self.caller)
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +129,7 @@ def level2(golden):
 
 def test_level2_siglip_pixels_and_tokens(level2):
     g = level2.g
+    assert siglip.image_size_of(level2.siglip) == g.meta["siglip_image_size"]
     assert_close_scaled(level2.pixel_values, g["pipeline.mid.siglip_pixel_values"], name="siglip_pixel_values")
     assert_close_scaled(level2.neg_pixel_values, g["pipeline.mid.negative_siglip_pixel_values"],
                         name="negative_siglip_pixel_values")
@@ -125,10 +143,31 @@ def test_level2_first_frame_and_image_latents(level2):
     assert_close_scaled(level2.image_latents, g["pipeline.mid.image_latents"], name="image_latents")
 
 
-def test_level2_initial_noise(level2):
+def test_level2_reference_id_embedding_is_bf16_rounded(level2):
+    """pipeline.reference_id_embedding rounds the ArcFace embedding to bfloat16, as the reference does."""
+    ident = level2.g["pipeline.in.id_embedding"]
+    ours = pipeline.reference_id_embedding(ident)
+    assert ours.dtype == torch.float32 and ours.shape == (1, 512)
+    assert torch.equal(ours, ident.to(torch.bfloat16).float())
+    assert torch.equal(pipeline.reference_id_embedding(ident[0].numpy()), ours)
+
+
+def test_level2_initial_noise_is_samples_first_draw(level2):
+    """The latents sample() fed the DiT at the first step are the reference's initial noise (times the
+    scheduler's init_noise_sigma), in both CFG branches, with the face-frame latents on the channels after
+    them. Recorded from sample() itself, so this fails if sample()'s own noise draw changes."""
     g = level2.g
-    noise = sampling.initial_noise(g["pipeline.mid.initial_noise"].shape, g.meta["seed"])
-    assert_close_scaled(noise, g["pipeline.mid.initial_noise"], name="initial_noise")
+    ref_noise = g["pipeline.mid.initial_noise"]
+    x = level2.caller.first_input
+    assert x is not None, "sample() never called the DiT caller"
+    channels = ref_noise.shape[2]
+    batch = 2 if g.meta["guidance_scale"] > 1.0 else 1
+    assert x.shape == (batch, ref_noise.shape[1], 2 * channels, *ref_noise.shape[3:]), tuple(x.shape)
+    sigma = float(sampling.make_scheduler(g.meta.get("scheduler_config")).init_noise_sigma)
+    for b in range(batch):
+        assert_close_scaled(x[b:b + 1, :, :channels].float(), ref_noise * sigma, name=f"initial latents, branch {b}")
+        assert_close_scaled(x[b:b + 1, :, channels:].float(), g["pipeline.mid.image_latents"],
+                            name=f"image latents in the DiT input, branch {b}")
 
 
 def float16_step(x: torch.Tensor) -> torch.Tensor:

@@ -90,6 +90,33 @@ def test_wrap_transformers_model_and_load(bridge):
     assert bridge.unwrap(bridge.wrap(plain)) is plain
 
 
+def test_only_comfy_ops_models_load_partially(bridge, monkeypatch):
+    """Plain torch modules (T5, SigLIP, VAE) must load fully: a partially loaded plain module would keep some
+    layers on the offload device. The DiT (comfy.ops layers) may stream weights."""
+    import comfy.model_management as mm
+
+    calls = []
+    monkeypatch.setattr(mm, "load_models_gpu", lambda models, **kw: calls.append(
+        ([type(bridge.unwrap(m)).__name__ for m in models], kw.get("force_full_load", False))))
+    ops = bridge.operations(torch.float32, torch.float32, torch.device("cpu"))
+    dit_like = bridge.wrap(torch.nn.Sequential(ops.Linear(2, 2)))
+    plain = bridge.wrap(torch.nn.Linear(2, 2), kind="vae")
+    bridge.load_gpu([dit_like, plain], memory_required=5)
+    assert sorted(calls) == [(["Linear"], True), (["Sequential"], False)]
+
+
+def test_t5_dtype_follows_flags_and_never_substitutes(bridge, monkeypatch):
+    from comfy.cli_args import args
+
+    assert bridge.t5_dtype(torch.device("cpu")) == torch.bfloat16  # the reference's dtype
+    monkeypatch.setattr(args, "fp16_text_enc", True)
+    assert bridge.t5_dtype(torch.device("cpu")) == torch.float16
+    monkeypatch.setattr(args, "fp16_text_enc", False)
+    monkeypatch.setattr(args, "fp8_e4m3fn_text_enc", True)
+    with pytest.raises(ValueError, match="fp8 text-encoder flag.*precision to bf16"):
+        bridge.t5_dtype(torch.device("cpu"))
+
+
 def test_progress_reports_steps_and_previews(bridge, monkeypatch):
     import comfy.utils
     from comfy.cli_args import LatentPreviewMethod, args

@@ -139,6 +139,9 @@ def test_bad_inputs_give_clear_errors(env):
         comfy_env.run_node(fn.FaceEncoderLoader, siglip_name="w.safetensors", face_device="cpu")
     with pytest.raises(ValueError, match="empty"):
         fn.image_to_uint8(torch.zeros(0, 64, 64, 3))
+    with pytest.raises(ValueError, match="holds 2 images.*reference_image"):
+        comfy_env.run_node(sn.FaceFrameEncode, vae=None, image=torch.zeros(2, 64, 64, 3), width=64, height=64,
+                           num_frames=9)
 
 
 def _sample_with(model, out, seed=3):
@@ -173,6 +176,16 @@ def test_face_encode_options(env):
     assert ref.shape == (1, 480, 480, 3)  # whole photo as reference
     assert ident.id_embedding.shape == (1, 512) and ident.face_tokens.shape == (1, 16, 768)
     assert ident.extra["negative_face_tokens"].shape == (1, 16, 768)
+    singles = [comfy_env.run_node(fn.FaceEncode, face_encoder=enc, image=photo(i), face_index=1, whole_image=True,
+                                  average_embeddings=False)[0].id_embedding for i in (0, 1)]
+    assert not torch.allclose(singles[0], singles[1])
+    # the average: the photos' mean direction at their mean length (bf16-rounded like every id embedding)
+    mean = (singles[0] + singles[1]) / 2
+    assert torch.nn.functional.cosine_similarity(ident.id_embedding, mean).item() > 0.999
+    assert abs(ident.id_embedding.norm() / ((singles[0].norm() + singles[1].norm()) / 2) - 1) < 0.01
+    with pytest.raises(ValueError, match="2 photos.*average_embeddings"):
+        comfy_env.run_node(fn.FaceEncode, face_encoder=enc, image=two, face_index=1, whole_image=True,
+                           average_embeddings=False)
     _, ref1, _ = comfy_env.run_node(fn.FaceEncode, face_encoder=enc, image=photo(0), face_index=1,
                                     whole_image=False, average_embeddings=False)
     assert ref1.shape == (1, 512, 512, 3)  # parsed face crop as reference

@@ -170,6 +170,25 @@ def test_comfy_partial_loading_matches_full(env, reference, monkeypatch):
     torch.testing.assert_close(out, reference, rtol=0, atol=0)
 
 
+def test_sampler_runs_on_the_load_device_not_the_first_weights(env, monkeypatch):
+    """With a partial load the first weight may sit on the offload device; the Sampler passes ComfyUI's load
+    device to the loop instead of guessing it from the weights."""
+    import echovideo.sampling
+
+    _, sn, _, _ = mods()
+    model = load()
+    seen = {}
+    real = echovideo.sampling.sample
+
+    def recording_sample(*a, **kw):
+        seen["device"] = kw.get("device")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(echovideo.sampling, "sample", recording_sample)
+    sample(model, env, steps=1)
+    assert seen["device"] == model.patcher.load_device == model.device
+
+
 def test_dit_modules_all_support_partial_loading(env):
     """Every module with its own weights is a comfy.ops layer (ModelPatcher can leave it on the offload
     device and cast it per call) -- except IdentityResampler.latents: a parameter of a non-leaf module,

@@ -125,3 +125,45 @@ def test_cpu_gelu_equals_torch_tanh_gelu():
     expected = F.gelu(x, approximate="tanh")
     got = gelu_tanh(x.clone())
     torch.testing.assert_close(got, expected, rtol=2e-6, atol=1e-6)
+    for dtype in (torch.bfloat16, torch.float16):  # torch's own kernel: bit-identical
+        y = x.to(dtype)
+        torch.testing.assert_close(gelu_tanh(y), F.gelu(y, approximate="tanh"), rtol=0, atol=0, equal_nan=True)
+
+
+def test_sampling_memory_estimate_matches_memory_plan():
+    """The sampler's request to ComfyUI and the README's memory table come from one estimate."""
+    from echovideo.config import RELEASED_CONFIG
+    from echovideo.memory import block_activation_bytes, sampling_memory_bytes, video_tokens
+
+    cfg = RELEASED_CONFIG
+    tokens = video_tokens(cfg, 480, 848, 49)
+    assert tokens == 226 + 13 * 30 * 53  # text + latent frames x (480/16) x (848/16) patches
+    need = sampling_memory_bytes(cfg, 13, 60, 106, batch=2, dtype=torch.bfloat16)
+    assert need == block_activation_bytes(cfg, tokens, 2, act_bytes=2)
+    assert abs(need / 2 ** 30 - 2.39) < 0.01  # the README table's "block b=2" at 480x848x49
+    assert sampling_memory_bytes(cfg, 13, 60, 106, batch=1, dtype=torch.float32) == need  # half batch, twice bytes
+
+
+def test_sampler_runs_in_the_models_compute_dtype():
+    """bf16-stored weights with an fp32 compute dtype (the CLI's CPU default) sample in fp32; device= is honoured."""
+    from echovideo.ops import upcast_ops
+    from echovideo.transformer import EchoVideoTransformer
+
+    p = tiny.PRESETS["shared"]
+    dit = tiny.randomize_(EchoVideoTransformer(tiny.dit_config(p), operations=upcast_ops, dtype=torch.bfloat16))
+    seen = []
+
+    class Recorder(sampling.DiTCaller):
+        def __call__(self, x, context, timestep, rope, step_index, num_steps):
+            seen.append((x.dtype, context.dtype, x.device))
+            return super().__call__(x, context, timestep, rope, step_index, num_steps)
+
+    image_latents = torch.randn(1, (p.frames - 1) // 4 + 1, p.latent_channels, p.height // 8, p.width // 8)
+    pos, neg = torch.randn(1, p.text_len, p.text_dim), torch.randn(1, p.text_len, p.text_dim)
+    run = dict(steps=2, guidance_scale=6.0, seed=0, device="cpu")
+    sampling.sample(dit, pos, neg, image_latents, dit_caller=Recorder(dit), **run)
+    assert seen[-1] == (torch.bfloat16, torch.bfloat16, torch.device("cpu"))  # no compute dtype: the weights'
+    dit.compute_dtype = torch.float32
+    seen.clear()
+    sampling.sample(dit, pos, neg, image_latents, dit_caller=Recorder(dit), **run)
+    assert seen and all(s == (torch.float32, torch.float32, torch.device("cpu")) for s in seen)

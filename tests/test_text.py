@@ -95,6 +95,19 @@ def test_bf16_load(tiny_t5):
     assert out.dtype == torch.bfloat16 and out.shape == (1, 226, 16)
 
 
+def test_fp16_load_keeps_wo_in_fp32(tiny_t5):
+    """fp16 T5-XXL overflows in the feed-forward output projection; like transformers' from_pretrained the
+    loader keeps `wo` in fp32, and the result stays close to the fp32 encoder's."""
+    model, folder, tok_dir = tiny_t5
+    enc = text.load_t5_encoder(folder, dtype=torch.float16)
+    wo = [n for n, p in enc.named_parameters() if ".wo." in n]
+    assert wo and all(p.dtype == torch.float32 for n, p in enc.named_parameters() if ".wo." in n)
+    assert all(p.dtype == torch.float16 for n, p in enc.named_parameters() if ".wo." not in n)
+    tok = text.load_tokenizer(tok_dir)
+    out = text.encode_prompt(enc, tok, "a man")
+    torch.testing.assert_close(out.float(), reference(model, tok, "a man"), rtol=2e-2, atol=2e-2)
+
+
 def test_clear_errors(tmp_path, tiny_t5):
     with pytest.raises(FileNotFoundError):
         text.load_t5_encoder(str(tmp_path / "nope"))

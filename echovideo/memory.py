@@ -1,0 +1,42 @@
+"""Activation memory of the DiT: one home for the estimate the sampler asks ComfyUI to free and the
+memory plan (benchmarks/memory_plan.py) prints."""
+import torch
+
+from .video import SPATIAL_COMPRESSION, latent_frames
+
+
+def dit_tokens(config, latent_frame_count: int, latent_height: int, latent_width: int) -> int:
+    """Joint sequence length: text tokens + video patches."""
+    p = config.patch_size
+    return config.max_text_seq_length + latent_frame_count * (latent_height // p) * (latent_width // p)
+
+
+def video_tokens(config, height: int, width: int, num_frames: int) -> int:
+    """dit_tokens for a video of height x width x num_frames pixels."""
+    s = SPATIAL_COMPRESSION
+    return dit_tokens(config, latent_frames(num_frames), height // s, width // s)
+
+
+def block_activation_bytes(config, tokens: int, batch: int, act_bytes: int = 2) -> int:
+    """Peak live tensors inside one block: the joint stream, its normed copy, q/k/v, the attention output
+    and its projection; or the stream, the normed copy, the feed-forward's 4x hidden and its GELU
+    intermediate. The larger of the two phases."""
+    unit = batch * tokens * config.inner_dim * act_bytes
+    attention_phase = unit * (2 + 3 + 1 + 1)
+    feed_forward_phase = unit * (2 + 4 + 4)
+    return max(attention_phase, feed_forward_phase)
+
+
+def attention_bytes(config, tokens: int, batch: int, act_bytes: int = 2, materialised: bool = False) -> int:
+    """Flash/memory-efficient SDPA keeps O(tokens) per head; the math path materialises heads x tokens^2."""
+    if materialised:
+        return batch * config.num_attention_heads * tokens * tokens * act_bytes
+    return batch * tokens * config.inner_dim * act_bytes * 4
+
+
+def sampling_memory_bytes(config, latent_frame_count: int, latent_height: int, latent_width: int, batch: int,
+                          dtype: torch.dtype) -> int:
+    """Activation memory one DiT call needs beyond its weights (what the sampler asks ComfyUI to free):
+    one block's peak, as in the README's memory table."""
+    tokens = dit_tokens(config, latent_frame_count, latent_height, latent_width)
+    return block_activation_bytes(config, tokens, batch, torch.empty((), dtype=dtype).element_size())
