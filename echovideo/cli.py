@@ -144,7 +144,7 @@ def main(argv=None):
     text_neg = text.encode_prompt(t5, tokenizer, args.negative_prompt).float()
     del t5
 
-    siglip_model = load_siglip(paths["siglip"], dtype=torch.float32, device=args.device)
+    siglip_model = load_siglip(paths["siglip"], dtype=dtype, device=args.device)  # as the node: the compute dtype
     vae = vae_lib.load_vae(paths["vae"], dtype=torch.float32 if on_cpu else dtype,
                            device=args.device)
     dit = load_transformer(paths["dit"], compute_dtype=dtype, device=args.device)

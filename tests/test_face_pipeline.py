@@ -68,8 +68,18 @@ def test_models_are_cached_and_released(tiny_dirs, models):
     F.release_face_models()
     again = F.load_face_models(paths)
     assert again is not models
-    assert F.onnx_providers("cuda") in (["CPUExecutionProvider"], [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"])
     assert F.onnx_providers("cpu") == ["CPUExecutionProvider"]
+
+
+def test_onnx_providers_follow_device_and_installed_runtime(monkeypatch):
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert F.onnx_providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert F.onnx_providers("cuda") == [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    assert F.onnx_providers("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])  # plain onnxruntime
+    assert F.onnx_providers("cuda") == ["CPUExecutionProvider"]
 
 
 # --- the pipeline on the tiny models ------------------------------------------------------
