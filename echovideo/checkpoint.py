@@ -14,14 +14,15 @@ from .ops import is_fp8, operations_for
 from .transformer import EchoVideoTransformer
 
 KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
-SAFETENSORS_HINT = "EchoVideo loads .safetensors only (no pickle files: .bin/.pt/.ckpt)"
+SAFETENSORS_HINT = "EchoVideo loads .safetensors (or .sft) only (no pickle files: .bin/.pt/.ckpt)"
+SAFETENSORS_EXTENSIONS = (".safetensors", ".sft")
 
 
 def single_file_config(path: str) -> Optional[dict]:
     """The config JSON in a .safetensors file's metadata key "config" (None when absent)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file or folder")
-    if not path.endswith(".safetensors"):
+    if not path.lower().endswith(SAFETENSORS_EXTENSIONS):
         raise CheckpointError(f"{path}: {SAFETENSORS_HINT}")
     with safe_open(path, "pt") as f:
         meta = f.metadata() or {}
@@ -133,13 +134,14 @@ def read_config_and_weights(path: str, what: str, default_config: Optional[dict]
 
 
 def load_state_dict(path: str, dtype: Optional[torch.dtype] = None, device="cpu") -> Dict[str, torch.Tensor]:
+    """The weights (prefixes stripped), each converted to `dtype` as it is read: one copy in memory."""
     files, _ = _weight_files(path)
     state = {}
     for file in files:
         with safe_open(file, "pt", device=str(device) if device != "meta" else "cpu") as f:
             for key in f.keys():
                 t = f.get_tensor(key)
-                state[_strip(key)] = t if dtype is None else t.to(dtype)
+                state[_strip(key)] = t if dtype is None else _convert(t, dtype)
     return state
 
 
@@ -172,8 +174,7 @@ def load_transformer(path: str, weight_dtype: Optional[torch.dtype] = None,
     ops = operations or operations_for(weight_dtype, compute_dtype)
     with torch.device("meta"):
         model = EchoVideoTransformer(config, operations=ops, attention=attention)
-    state = load_state_dict(path, device="cpu")
-    state = {k: _convert(v, weight_dtype) for k, v in state.items()}
+    state = load_state_dict(path, dtype=weight_dtype, device="cpu")
     model.load_state_dict(state, strict=True, assign=True)
     model.compute_dtype = compute_dtype
     model.weight_dtype = weight_dtype

@@ -40,3 +40,14 @@ def sampling_memory_bytes(config, latent_frame_count: int, latent_height: int, l
     one block's peak, as in the README's memory table."""
     tokens = dit_tokens(config, latent_frame_count, latent_height, latent_width)
     return block_activation_bytes(config, tokens, batch, torch.empty((), dtype=dtype).element_size())
+
+
+# The decoder's conv cache carried between frame chunks is about 4,060 bytes per output pixel per activation
+# byte (memory plan: 3.08 GiB at 480x848 in bf16); one 2-latent-frame chunk adds about three full-resolution
+# 128-channel tensors of 8 frames (about 3,000 more).
+VAE_DECODE_BYTES_PER_PIXEL = 7000
+
+
+def vae_decode_bytes(region_height: int, region_width: int, act_bytes: int) -> int:
+    """Activation memory of a VAE decode whose largest decoded region (one tile, or the frame) is this size."""
+    return VAE_DECODE_BYTES_PER_PIXEL * region_height * region_width * act_bytes

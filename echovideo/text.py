@@ -97,7 +97,7 @@ def _config_from(folder_or_file: str) -> tuple[dict, List[str]]:
 
 def load_t5_encoder(folder_or_file: str, dtype: torch.dtype = torch.bfloat16, device="cpu"):
     """Build transformers' T5EncoderModel from a transformers folder or a single safetensors with config metadata."""
-    from safetensors.torch import load_file
+    from safetensors import safe_open
     from transformers import T5Config, T5EncoderModel
 
     config_dict, files = _config_from(folder_or_file)
@@ -106,11 +106,13 @@ def load_t5_encoder(folder_or_file: str, dtype: torch.dtype = torch.bfloat16, de
     config = T5Config.from_dict(config_dict)
     with torch.device("meta"):
         model = T5EncoderModel(config)
-    state = {}
+    state = {}  # each weight converted as it is read (one copy in memory); a full T5's decoder is skipped
     for f in files:
-        state.update(load_file(f, device="cpu"))
-    # drop decoder weights of a full T5 checkpoint
-    state = {k: v for k, v in state.items() if not k.startswith(("decoder.", "lm_head."))}
+        with safe_open(f, "pt", device="cpu") as weights:
+            for k in weights.keys():
+                if not k.startswith(("decoder.", "lm_head.")):
+                    t = weights.get_tensor(k)
+                    state[k] = t.to(dtype) if t.is_floating_point() else t
     if "shared.weight" not in state and "encoder.embed_tokens.weight" in state:
         state["shared.weight"] = state["encoder.embed_tokens.weight"]
     expected = set(model.state_dict().keys())
@@ -118,7 +120,7 @@ def load_t5_encoder(folder_or_file: str, dtype: torch.dtype = torch.bfloat16, de
     if missing:
         raise CheckpointError(f"{folder_or_file!r} is not a T5 encoder checkpoint: {len(missing)} weights missing, "
                               f"e.g. {missing[:3]}")
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items() if k in expected}
+    state = {k: v for k, v in state.items() if k in expected}
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     model.to(device=device, dtype=dtype)

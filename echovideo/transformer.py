@@ -228,9 +228,17 @@ class EchoVideoTransformer(nn.Module):
         return tokens[:, n_ctx:], tokens[:, :n_ctx]
 
     def modulated_video_input(self, x, ctx, temb):
-        """The first block's timestep-modulated video tokens (the step cache's change signal)."""
+        """The first block's timestep-modulated video tokens (the step cache's change signal). Runs inside the
+        block hook, so a swapped-out first block is brought to the compute device for it."""
         n_ctx = ctx.shape[1]
-        return self.transformer_blocks[0].norm1(torch.cat([ctx, x], dim=1), n_ctx, temb)[0][:, n_ctx:]
+        block, hook = self.transformer_blocks[0], self.block_hook
+        if hook is not None:
+            hook.before(0, block)
+        try:
+            return block.norm1(torch.cat([ctx, x], dim=1), n_ctx, temb)[0][:, n_ctx:]
+        finally:
+            if hook is not None:
+                hook.after(0, block)
 
     def head(self, x, ctx, temb, shape):
         b, f, _, h, w = shape

@@ -120,20 +120,29 @@ def encode_face_frame(vae, face_uint8: np.ndarray, width: int, height: int, num_
     check_video_size(width, height, num_frames)
     p = next(vae.parameters())
     pixels = first_frame_pixels(face_uint8, width, height).to(device=p.device, dtype=p.dtype)
+    configure_tiling(vae, True)  # the reference enables the VAE's default tiling before encoding
     latent = vae.encode(pixels.unsqueeze(2)).latent_dist.mode()  # [1, C, 1, h, w]
     latent = (vae.config.scaling_factor * latent.to(dtype)).permute(0, 2, 1, 3, 4)
     rest = torch.zeros((1, latent_frames(num_frames) - 1, *latent.shape[2:]), dtype=dtype, device=latent.device)
     return torch.cat([latent, rest], dim=1)
 
 
+def default_tiling(vae) -> dict:
+    """diffusers' CogVideoX VAE defaults: half the training size per tile, overlap 1/6 (height) and 1/5 (width)."""
+    return dict(tile_sample_min_height=vae.config.sample_height // 2, tile_sample_min_width=vae.config.sample_width // 2,
+                tile_overlap_factor_height=1 / 6, tile_overlap_factor_width=1 / 5)
+
+
 def configure_tiling(vae, tiling: bool, tile_size: Optional[int] = None, overlap: float = 1 / 6) -> None:
-    """Spatial tiling. tile_size: pixels per tile side (multiple of 16, >= 64); the overlap is rounded to whole
-    latents so that the tiles' stride and the kept region agree (otherwise the output size drifts)."""
+    """Spatial tiling, every value set explicitly (diffusers' enable_tiling() keeps earlier values, and the VAE
+    object is shared between nodes and runs). tile_size: pixels per tile side (multiple of 16, >= 64; None =
+    the VAE's default); the overlap is rounded to whole latents so that the tiles' stride and the kept region
+    agree (otherwise the output size drifts)."""
     if not tiling:
         vae.disable_tiling()
         return
     if not tile_size:
-        vae.enable_tiling()
+        vae.enable_tiling(**default_tiling(vae))
         return
     check(isinstance(tile_size, int) and tile_size >= 64 and tile_size % 16 == 0, "tile_size", tile_size,
           "a multiple of 16, at least 64 pixels")
@@ -146,6 +155,16 @@ def configure_tiling(vae, tiling: bool, tile_size: Optional[int] = None, overlap
         factor += 1e-9
     vae.enable_tiling(tile_sample_min_height=tile_size, tile_sample_min_width=tile_size,
                       tile_overlap_factor_height=factor, tile_overlap_factor_width=factor)
+
+
+def decode_region(vae, height: int, width: int, tiling: bool, tile_size: Optional[int] = None):
+    """(height, width) in pixels of the largest region one decoder pass sees: a tile, or the whole frame."""
+    if not tiling:
+        return height, width
+    if tile_size:
+        return min(height, tile_size), min(width, tile_size)
+    t = default_tiling(vae)
+    return min(height, t["tile_sample_min_height"]), min(width, t["tile_sample_min_width"])
 
 
 @torch.no_grad()
@@ -190,12 +209,14 @@ def decoder_calls_per_video(vae, latent_frames: int, h: int, w: int) -> int:
 def decode_to_images(vae, latents: torch.Tensor, tiling: bool = True, tile_size: Optional[int] = None,
                      progress=None, retry_tiled_on_oom: bool = True, log=print) -> torch.Tensor:
     """Frames [B * frames, H, W, 3] float in [0, 1] (ComfyUI IMAGE layout)."""
+    video = None
     try:
         video = decode_raw(vae, latents, tiling, tile_size, progress)
     except torch.OutOfMemoryError:
         if tiling or not retry_tiled_on_oom:
             raise
         log("EchoVideo VAE decode ran out of memory untiled; retrying with tiling")
+    if video is None:  # retried outside the handler, so the failed attempt's tensors are already freed
         _free_cache()
         video = decode_raw(vae, latents, True, tile_size, progress)
     video.mul_(0.5).add_(0.5).clamp_(0, 1)  # in place: the decoded video is the largest tensor here

@@ -83,6 +83,14 @@ def subfolders_with(name: str, marker: str) -> List[str]:
     return sorted(found)
 
 
+def model_entries(name: str, marker: str = "config.json") -> List[str]:
+    """Loader choices: model folders (holding `marker`) and single files, without the files inside those folders
+    (a shard of a folder is not a model on its own)."""
+    dirs = subfolders_with(name, marker)
+    inside = tuple(d.rstrip("/") + "/" for d in dirs)
+    return dirs + [f for f in file_list(name) if not f.replace(os.sep, "/").startswith(inside)]
+
+
 def _not_found(name: str, what: str) -> FileNotFoundError:
     searched = folders(what) or [f"(no '{what}' folder registered)"]
     return FileNotFoundError(
@@ -171,6 +179,32 @@ def compute_dtype(device=None, model_params: int = 0) -> torch.dtype:
     if mm.should_use_fp16(device, model_params=model_params, prioritize_performance=False):
         return torch.float16
     return torch.float32
+
+
+def _flag_dtype(flags) -> Optional[str]:
+    """The WEIGHT_DTYPES name of the first ComfyUI precision flag set on the command line, else None."""
+    from comfy.cli_args import args
+
+    return next((name for flag, name in flags if getattr(args, flag, False)), None)
+
+
+UNET_FLAGS = (("fp32_unet", "fp32"), ("bf16_unet", "bf16"), ("fp16_unet", "fp16"),
+              ("fp8_e4m3fn_unet", "fp8_e4m3fn"), ("fp8_e5m2_unet", "fp8_e5m2"))
+VAE_FLAGS = (("fp32_vae", "fp32"), ("bf16_vae", "bf16"), ("fp16_vae", "fp16"))
+
+
+def dit_dtypes(choice: str, device=None):
+    """(storage, compute) dtypes of the DiT for the loader's weight_dtype combo. 'default' follows ComfyUI's
+    --fp32/--bf16/--fp16/--fp8_e4m3fn/--fp8_e5m2-unet flag when given, else the device's compute dtype."""
+    flag = _flag_dtype(UNET_FLAGS) if choice == "default" else None
+    weight = weight_dtype(flag or choice, device)
+    compute = weight if weight in (torch.float32, torch.float16, torch.bfloat16) and flag else compute_dtype(device)
+    return weight, compute
+
+
+def vae_dtype(choice: str, device=None) -> torch.dtype:
+    """VAE dtype for the loader's precision combo; 'default' follows --fp32/--bf16/--fp16-vae when given."""
+    return weight_dtype((_flag_dtype(VAE_FLAGS) or "default") if choice == "default" else choice, device)
 
 
 def weight_dtype(choice: str, device=None) -> torch.dtype:

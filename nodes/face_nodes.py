@@ -16,8 +16,7 @@ NO_SIGLIP = "(no SigLIP in models/clip_vision)"
 
 
 def siglip_choices() -> list:
-    names = bridge.subfolders_with("clip_vision", "config.json") + bridge.file_list("clip_vision")
-    return names or [NO_SIGLIP]
+    return bridge.model_entries("clip_vision") or [NO_SIGLIP]
 
 
 def find_face_model_paths():

@@ -11,8 +11,7 @@ CATEGORY = "EchoVideo"
 
 
 def _choices(folder: str, none_label: str) -> list:
-    names = bridge.subfolders_with(folder, "config.json") + bridge.file_list(folder)
-    return names or [none_label]
+    return bridge.model_entries(folder) or [none_label]
 
 
 def named_errors(node: str, path: str, what: str = "this model"):
@@ -64,7 +63,8 @@ class ModelLoader(io.ComfyNode):
                 io.Combo.Input("weight_dtype", options=["default", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2"],
                                default="default",
                                tooltip="Storage dtype of the weights. fp8 halves memory; layers are cast to the "
-                                       "compute dtype one at a time. default: bf16 (fp32 on CPU)."),
+                                       "compute dtype one at a time. default: ComfyUI's --*-unet precision flag "
+                                       "if given, else bf16 (fp32 on CPU)."),
                 io.Combo.Input("attention", options=available_attention(), default="sdpa",
                                tooltip="Attention backend. sdpa: PyTorch; comfy: ComfyUI's optimized attention "
                                        "(as launched); sage: SageAttention if installed."),
@@ -81,8 +81,7 @@ class ModelLoader(io.ComfyNode):
 
         path = resolve_entry("diffusion_models", model_name)
         device = bridge.load_device("unet")
-        compute = bridge.compute_dtype(device)
-        weight = bridge.weight_dtype(weight_dtype, device)
+        weight, compute = bridge.dit_dtypes(weight_dtype, device)
         ops = bridge.operations(weight, compute, device)
         with named_errors("EchoVideo Model Loader", path, "the EchoVideo transformer"):
             model = load_transformer(path, weight_dtype=weight, compute_dtype=compute, operations=ops,
@@ -108,7 +107,8 @@ class VaeLoader(io.ComfyNode):
                 io.Combo.Input("vae_name", options=_choices("vae", "(no VAE in models/vae)"),
                                tooltip="CogVideoX VAE file or folder under models/vae."),
                 io.Combo.Input("precision", options=["default", "bf16", "fp16", "fp32"], default="default",
-                               tooltip="VAE dtype. default: bf16 on GPU (as the reference), fp32 on CPU."),
+                               tooltip="VAE dtype. default: ComfyUI's --fp32/--bf16/--fp16-vae flag if given, "
+                                       "else bf16 on GPU (as the reference), fp32 on CPU."),
             ],
             outputs=[Vae.Output(display_name="vae", tooltip="CogVideoX VAE for Face Frame Encode and VAE Decode.")],
         )
@@ -118,10 +118,7 @@ class VaeLoader(io.ComfyNode):
         from echovideo.vae import load_vae
 
         path = resolve_entry("vae", vae_name)
-        if precision == "default":
-            dtype = bridge.compute_dtype(bridge.load_device("vae"))
-        else:
-            dtype = bridge.weight_dtype(precision)
+        dtype = bridge.vae_dtype(precision, bridge.load_device("vae"))
         with named_errors("EchoVideo VAE Loader", path, "a CogVideoX VAE"):
             vae = load_vae(path, dtype=dtype, device=bridge.offload_device("vae"))
         return io.NodeOutput(VaeBundle(patcher=bridge.wrap(vae, kind="vae"), path=path, dtype=dtype))

@@ -171,19 +171,26 @@ class VAEDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, latent, tiling=True, tile_size=0) -> io.NodeOutput:
-        from echovideo.vae import decode_to_images
+        from echovideo.memory import vae_decode_bytes
+        from echovideo.vae import decode_region, decode_to_images
+        from echovideo.video import SPATIAL_COMPRESSION
 
         samples = latent.get("samples") if isinstance(latent, dict) else None
         channels = vae.vae.config.latent_channels
         if samples is None or samples.dim() != 5 or samples.shape[1] != channels:
             raise ValueError(f"EchoVideo VAE Decode: latent is {None if samples is None else tuple(samples.shape)}; "
                              f"needs a video latent [B, {channels}, F, h, w] from EchoVideo Sampler")
-        bridge.load_gpu(vae.patcher)
+        height, width = (s * SPATIAL_COMPRESSION for s in samples.shape[3:])
+        region = decode_region(vae.vae, height, width, bool(tiling), int(tile_size) or None)
+        bridge.load_gpu(vae.patcher, memory_required=vae_decode_bytes(*region, vae.dtype.itemsize))
         progress = bridge.Progress(samples.shape[0], previews=False)
+
+        def on_chunk(done, total):
+            progress(done, total)
+            bridge.check_interrupt()  # cancel between frame chunks
+
         frames = decode_to_images(vae.vae, samples.permute(0, 2, 1, 3, 4), tiling=bool(tiling),
-                                  tile_size=int(tile_size) or None, progress=lambda i, n: progress(i, n),
-                                  log=bridge.log.warning)
-        bridge.check_interrupt()
+                                  tile_size=int(tile_size) or None, progress=on_chunk, log=bridge.log.warning)
         return io.NodeOutput(frames.to(bridge.intermediate_device()))
 
 

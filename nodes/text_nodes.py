@@ -17,8 +17,7 @@ NONE_FOUND = "(no T5 in models/text_encoders)"
 
 def t5_choices() -> list:
     """Transformers folders (config.json inside) and single safetensors in models/text_encoders."""
-    names = bridge.subfolders_with("text_encoders", "config.json") + bridge.file_list("text_encoders")
-    return names or [NONE_FOUND]
+    return bridge.model_entries("text_encoders") or [NONE_FOUND]
 
 
 def _resolve_t5(name: str) -> str:

@@ -60,6 +60,12 @@ def test_resolve_entry_finds_folders_and_files(bridge, tmp_path, monkeypatch):
     assert bridge.resolve_entry("diffusion_models", "CogVideoX/transformer") == str(tmp_path / "CogVideoX" / "transformer")
     assert bridge.resolve_entry("diffusion_models", "x.safetensors") == str(tmp_path / "x.safetensors")
     assert bridge.file_list("diffusion_models") == ["x.safetensors"]
+    # the released folder's shards are not offered on their own (one shard is not a model)
+    (tmp_path / "CogVideoX" / "transformer" / "diffusion_pytorch_model-00001-of-00002.safetensors").write_bytes(b"")
+    (tmp_path / "CogVideoX" / "merged.safetensors").write_bytes(b"")
+    folder_paths.filename_list_cache.pop("diffusion_models", None)
+    assert bridge.model_entries("diffusion_models") == ["CogVideoX/transformer", "CogVideoX/merged.safetensors",
+                                                        "x.safetensors"]
 
 
 def test_dtypes_and_operations(bridge):
@@ -77,6 +83,22 @@ def test_dtypes_and_operations(bridge):
     lin.bias.data = torch.zeros(3).to(torch.float8_e4m3fn)
     x = torch.randn(2, 4)
     torch.testing.assert_close(lin(x), x @ lin.weight.float().t())
+
+
+def test_default_dtypes_follow_comfyui_precision_flags(bridge, monkeypatch):
+    from comfy.cli_args import args
+
+    cpu = torch.device("cpu")
+    base = bridge.compute_dtype(cpu)
+    assert bridge.dit_dtypes("default", cpu) == (base, base) and bridge.vae_dtype("default", cpu) == base
+    monkeypatch.setattr(args, "fp16_unet", True)
+    assert bridge.dit_dtypes("default", cpu) == (torch.float16, torch.float16)
+    assert bridge.dit_dtypes("bf16", cpu) == (torch.bfloat16, base)  # an explicit choice wins over the flag
+    monkeypatch.setattr(args, "fp16_unet", False)
+    monkeypatch.setattr(args, "fp8_e4m3fn_unet", True)
+    assert bridge.dit_dtypes("default", cpu) == (torch.float8_e4m3fn, base)  # fp8 storage, computed in base
+    monkeypatch.setattr(args, "bf16_vae", True)
+    assert bridge.vae_dtype("default", cpu) == torch.bfloat16 and bridge.vae_dtype("fp32", cpu) == torch.float32
 
 
 def test_wrap_transformers_model_and_load(bridge):

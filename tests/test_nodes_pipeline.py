@@ -107,6 +107,25 @@ def test_sampler_progress_and_interrupt(env, monkeypatch):
         mm.interrupt_current_processing(False)
     assert out["model"].model.block_hook is None  # hook restored
 
+    # VAE Decode: asks ComfyUI for its memory, reports every frame chunk and can be cancelled between chunks
+    bridge = comfy_env.pack_module("nodes.bridge")
+    asked = []
+    monkeypatch.setattr(bridge, "load_gpu", lambda p, memory_required=0: asked.append(memory_required))
+    chunks = []
+
+    def cancel_after_first_chunk(v, t, preview, node_id=None):
+        chunks.append(v)
+        mm.interrupt_current_processing(True)
+
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", cancel_after_first_chunk)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            long_latent = {"samples": torch.randn(1, 4, 5, H // 8, W // 8)}  # 5 latent frames: 2 chunks
+            comfy_env.run_node(sn.VAEDecode, vae=out["vae"], latent=long_latent, tiling=False, tile_size=0)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert chunks == [1] and asked == [7000 * H * W * 4]  # untiled fp32: the whole frame
+
 
 def test_preview_image_from_latents():
     bridge = comfy_env.pack_module("nodes.bridge")

@@ -167,3 +167,32 @@ def test_sampler_runs_in_the_models_compute_dtype():
     seen.clear()
     sampling.sample(dit, pos, neg, image_latents, dit_caller=Recorder(dit), **run)
     assert seen and all(s == (torch.float32, torch.float32, torch.device("cpu")) for s in seen)
+
+
+def test_step_cache_signal_runs_inside_the_block_hook():
+    """With every block swapped out, the step cache's change signal (block 0's modulated input) must still run
+    between the hook's before/after, or it would meet weights left on the offload device."""
+    p = tiny.PRESETS["shared"]
+    dit, run = _cache_run(p, steps=4)
+    block0 = dit.transformer_blocks[0]
+    inside, outside_calls = [False], []
+
+    class Hook:
+        def before(self, index, block):
+            inside[0] = index == 0 or inside[0]
+
+        def after(self, index, block):
+            if index == 0:
+                inside[0] = False
+
+    real_norm1 = block0.norm1.forward
+
+    def checked_norm1(*a, **k):
+        if not inside[0]:
+            outside_calls.append(1)
+        return real_norm1(*a, **k)
+
+    block0.norm1.forward = checked_norm1
+    dit.block_hook = Hook()
+    run(StepCache(dit, threshold=0.5))
+    assert not outside_calls

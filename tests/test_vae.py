@@ -1,4 +1,7 @@
 """VAE decode: tiling keeps the output size and stays close to untiled; per-chunk progress; clear errors."""
+import sys
+
+import numpy as np
 import pytest
 import torch
 
@@ -83,6 +86,7 @@ def test_untiled_out_of_memory_retries_tiled_and_says_so(vae, monkeypatch):
         calls.append(tiling)
         if not tiling:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        assert sys.exc_info()[0] is None  # retried after the handler: the failed attempt's memory is released
         return real(vae_, latents, tiling, tile_size, progress)
 
     monkeypatch.setattr(vae_lib, "decode_raw", decode)
@@ -92,3 +96,25 @@ def test_untiled_out_of_memory_retries_tiled_and_says_so(vae, monkeypatch):
     assert len(logged) == 1 and "retrying with tiling" in logged[0]
     with pytest.raises(torch.OutOfMemoryError):  # tiled already, or retry off: the error stands
         vae_lib.decode_to_images(vae, z, tiling=False, retry_tiled_on_oom=False)
+
+
+def test_tiling_settings_do_not_leak_between_calls():
+    """The VAE object is shared (ComfyUI caches loader outputs): a decode with a custom tile size must not change
+    a later default decode, nor the face-frame encode, which always uses the VAE's default tiling (as the
+    reference, which enables tiling before the pipeline runs)."""
+    p = tiny.PRESETS["shared"]
+    vae = tiny.tiny_vae(p)
+    vae.config.sample_height = vae.config.sample_width = 96  # default tiles of 48 px: the 64 px encode is tiled
+    face = np.random.RandomState(0).randint(0, 256, (80, 80, 3)).astype(np.uint8)
+    before = vae_lib.encode_face_frame(vae, face, 64, 64, 9)
+    z = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    default_frames = vae_lib.decode_raw(vae, z, tiling=True)
+    vae_lib.decode_raw(vae, z, tiling=True, tile_size=64)
+    assert vae.tile_sample_min_height == 64
+    assert torch.equal(vae_lib.decode_raw(vae, z, tiling=True), default_frames)
+    assert {k: getattr(vae, k) for k in vae_lib.default_tiling(vae)} == vae_lib.default_tiling(vae)
+    vae_lib.decode_raw(vae, z, tiling=False)
+    assert torch.equal(vae_lib.encode_face_frame(vae, face, 64, 64, 9), before)
+    vae.disable_tiling()
+    untiled = vae.encode(vae_lib.first_frame_pixels(face, 64, 64).unsqueeze(2)).latent_dist.mode()
+    assert not torch.equal(untiled * vae.config.scaling_factor, before[:, 0].unsqueeze(2))  # the encode was tiled

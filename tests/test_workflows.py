@@ -27,7 +27,7 @@ MODEL_INPUTS = {("EchoVideoModelLoader", "model_name"): "model", ("EchoVideoVAEL
                 ("CLIPLoader", "clip_name"): "clip"}
 # the names the README model table uses (released folders renamed into ComfyUI's model folders)
 EXAMPLE_NAMES = dict(model="EchoVideo", vae="CogVideoX-5b-vae", t5="EchoVideo-t5-v1_1-xxl",
-                     siglip="siglip-base-patch16-224", upscale="4x-UltraSharp.pth", photo=PHOTO)
+                     siglip="siglip-base-patch16-224", upscale="RealESRGAN_x2plus.pth", photo=PHOTO)
 TWIN_NAMES = dict(NAMES, photo=PHOTO)
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 

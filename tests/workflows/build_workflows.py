@@ -23,13 +23,14 @@ POSITIVE = ("A young man with short hair smiles and talks to the camera in a sun
 
 # model names: released layout renamed into ComfyUI folders (README model table)
 REAL = dict(model="EchoVideo", vae="CogVideoX-5b-vae", t5="EchoVideo-t5-v1_1-xxl", siglip="siglip-base-patch16-224",
-            upscale="4x-UltraSharp.pth")
+            upscale="RealESRGAN_x2plus.pth")
 FULL = dict(width=848, height=480, frames=49, steps=50, prefix="video/EchoVideo")
 TINY = dict(width=64, height=64, frames=9, steps=2, prefix="video/echovideo_tiny")
 
 NOTE = """## EchoVideo: {title}
 
 One photo of a person + a prompt -> a {frames}-frame video ({width} x {height}, 16 fps as the published demo).
+Pick your photo in **Load Image** (the graph names echovideo_example_photo.png, which only the tiny demo makes).
 
 **Models** (see the README model table):
 - `models/diffusion_models/EchoVideo/`: the released `transformer/` folder (config.json, 2 shards, index)
@@ -47,8 +48,9 @@ load `t5xxl_fp16.safetensors` with the core **Load CLIP** node (type `sd3`) and 
 Settings as the reference: 49 frames, 50 steps, cfg 6 with dynamic cfg. Width/height: multiples of 16;
 frames: 4k+1.
 """
-UPSCALE_NOTE = ("- `models/upscale_models/4x-UltraSharp.pth` (or any ESRGAN-type upscaler; pick it in "
-                "Load Upscale Model)\n")
+UPSCALE_NOTE = ("- `models/upscale_models/RealESRGAN_x2plus.pth` (or any ESRGAN-type upscaler; pick it in "
+                "Load Upscale Model). 2x gives 1696 x 960 frames; a 4x model gives 3392 x 1920, about 3.8 GB "
+                "of frames in RAM at 49 frames\n")
 
 
 def graph(kind, sizes, names, photo):
