@@ -133,3 +133,18 @@ def test_missing_shard_is_named(golden, tmp_path):
     os.remove(folder / "diffusion_pytorch_model-00002-of-00002.safetensors")
     with pytest.raises(CheckpointError, match="00002-of-00002.safetensors, which is not in the folder"):
         checkpoint.load_transformer(str(folder))
+
+
+def test_sft_extension_loads_like_safetensors(tmp_path):
+    """ComfyUI lists .sft files as safetensors; the loaders take them too."""
+    from echovideo import tiny
+
+    model = tiny.tiny_dit(tiny.PRESETS["shared"])
+    path = str(tmp_path / "echo_tiny.sft")
+    checkpoint.save_single_file(model, model.config, path)
+    loaded = checkpoint.load_transformer(path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    pickle = tmp_path / "x.ckpt"
+    pickle.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"\.safetensors \(or \.sft\) only"):
+        checkpoint.single_file_config(str(pickle))
