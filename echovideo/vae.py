@@ -120,7 +120,7 @@ def encode_face_frame(vae, face_uint8: np.ndarray, width: int, height: int, num_
     check_video_size(width, height, num_frames)
     p = next(vae.parameters())
     pixels = first_frame_pixels(face_uint8, width, height).to(device=p.device, dtype=p.dtype)
-    configure_tiling(vae, True)  # the reference enables the VAE's default tiling before encoding
+    configure_tiling(vae, False)  # the posterior of the whole frame (the golden reference's definition)
     latent = vae.encode(pixels.unsqueeze(2)).latent_dist.mode()  # [1, C, 1, h, w]
     latent = (vae.config.scaling_factor * latent.to(dtype)).permute(0, 2, 1, 3, 4)
     rest = torch.zeros((1, latent_frames(num_frames) - 1, *latent.shape[2:]), dtype=dtype, device=latent.device)
