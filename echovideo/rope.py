@@ -70,8 +70,19 @@ def rotary_embedding_for_video(head_dim: int, patch_size: int, height: int, widt
 def rotate_pairs_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
     """Rotates interleaved pairs of x [B, S, H, D] (a view, changed in place) by (cos, sin) [S, D]:
     each pair (even, odd) times the complex number cos + i sin, computed in float32."""
+    if torch.compiler.is_compiling():  # inductor generates no complex kernels
+        rotate_pairs_real_(x, cos, sin)
+        return
     rotation = torch.complex(cos[:, None, 0::2].float(), sin[:, None, 0::2].float())
     if x.dtype == torch.float32:
         torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(rotation)
     else:
         x.copy_(torch.view_as_real(torch.view_as_complex(x.float().unflatten(-1, (-1, 2))) * rotation).flatten(-2))
+
+
+def rotate_pairs_real_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """rotate_pairs_ in real arithmetic: (even, odd) -> (even cos - odd sin, even sin + odd cos), float32."""
+    c, s = cos[:, None, 0::2].float(), sin[:, None, 0::2].float()
+    pairs = x.float().unflatten(-1, (-1, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
+    x.copy_(torch.stack([even * c - odd * s, even * s + odd * c], dim=-1).flatten(-2))

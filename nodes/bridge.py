@@ -181,6 +181,13 @@ def compute_dtype(device=None, model_params: int = 0) -> torch.dtype:
     return torch.float32
 
 
+def video_compute_dtype(device=None) -> torch.dtype:
+    """The DiT's and VAE's compute dtype: bf16 where the device has it (the model runs in bf16), else fp32 --
+    never fp16 by default: CogVideoX-5B overflows in fp16 (NaN / black frames)."""
+    device = device if device is not None else torch_device()
+    return torch.bfloat16 if mm.should_use_bf16(device, prioritize_performance=False) else torch.float32
+
+
 def _flag_dtype(flags) -> Optional[str]:
     """The WEIGHT_DTYPES name of the first ComfyUI precision flag set on the command line, else None."""
     from comfy.cli_args import args
@@ -195,16 +202,27 @@ VAE_FLAGS = (("fp32_vae", "fp32"), ("bf16_vae", "bf16"), ("fp16_vae", "fp16"))
 
 def dit_dtypes(choice: str, device=None):
     """(storage, compute) dtypes of the DiT for the loader's weight_dtype combo. 'default' follows ComfyUI's
-    --fp32/--bf16/--fp16/--fp8_e4m3fn/--fp8_e5m2-unet flag when given, else the device's compute dtype."""
+    --fp32/--bf16/--fp16/--fp8_e4m3fn/--fp8_e5m2-unet flag when given, else stores bf16 (fp32 on CPU).
+    Computes in video_compute_dtype unless a fp32/bf16/fp16 flag asks for that dtype."""
+    device = device if device is not None else load_device("unet")
     flag = _flag_dtype(UNET_FLAGS) if choice == "default" else None
-    weight = weight_dtype(flag or choice, device)
-    compute = weight if weight in (torch.float32, torch.float16, torch.bfloat16) and flag else compute_dtype(device)
+    name = flag or choice
+    if name == "default":
+        weight = torch.float32 if mm.is_device_cpu(device) else torch.bfloat16
+    else:
+        weight = weight_dtype(name, device)
+    compute = weight if flag in ("fp32", "bf16", "fp16") else video_compute_dtype(device)
+    if compute == torch.float16:
+        log.warning("EchoVideo: the DiT computes in fp16 (--fp16-unet); CogVideoX-5B can overflow in fp16 "
+                    "(NaN or black frames). bf16 or fp32 is safer.")
     return weight, compute
 
 
 def vae_dtype(choice: str, device=None) -> torch.dtype:
-    """VAE dtype for the loader's precision combo; 'default' follows --fp32/--bf16/--fp16-vae when given."""
-    return weight_dtype((_flag_dtype(VAE_FLAGS) or "default") if choice == "default" else choice, device)
+    """VAE dtype for the loader's precision combo; 'default' follows --fp32/--bf16/--fp16-vae when given,
+    else video_compute_dtype (bf16 or fp32, never fp16)."""
+    name = (_flag_dtype(VAE_FLAGS) or "default") if choice == "default" else choice
+    return video_compute_dtype(device) if name == "default" else weight_dtype(name, device)
 
 
 def weight_dtype(choice: str, device=None) -> torch.dtype:
@@ -269,14 +287,20 @@ def has_cast_layers(patcher) -> bool:
     return any(hasattr(m, "comfy_cast_weights") for m in patcher.model.modules())
 
 
+def may_load_partially(patcher) -> bool:
+    """Models built from comfy.ops layers (the DiT) may leave weights offloaded -- unless torch.compiled: each
+    new mix of streamed and resident layers would recompile the block (and past the recompile limit run
+    uncompiled). Plain torch modules (T5, SigLIP, VAE) never: a layer left behind meets inputs elsewhere."""
+    return has_cast_layers(patcher) and getattr(unwrap(patcher), "compiled_with", None) is None
+
+
 def load_gpu(patchers, memory_required: int = 0) -> None:
-    """Load patchers to their load device (offloading other models as needed). Only models built from
-    comfy.ops layers (the DiT) may load partially; plain torch modules (T5, SigLIP, VAE) load fully, since
-    a layer left on the offload device would meet inputs on another device."""
+    """Load patchers to their load device (offloading other models as needed), fully unless
+    may_load_partially."""
     if not isinstance(patchers, (list, tuple)):
         patchers = [patchers]
-    partial = [p for p in patchers if has_cast_layers(p)]
-    full = [p for p in patchers if not has_cast_layers(p)]
+    partial = [p for p in patchers if may_load_partially(p)]
+    full = [p for p in patchers if not may_load_partially(p)]
     if full:
         mm.load_models_gpu(full, memory_required=memory_required, force_full_load=True)
     if partial:

@@ -60,11 +60,12 @@ class ModelLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("model_name", options=_choices("diffusion_models", "(no model in models/diffusion_models)"),
                                tooltip="EchoVideo transformer file or folder under models/diffusion_models."),
-                io.Combo.Input("weight_dtype", options=["default", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2"],
+                io.Combo.Input("weight_dtype", options=["default", "bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2"],
                                default="default",
                                tooltip="Storage dtype of the weights. fp8 halves memory; layers are cast to the "
                                        "compute dtype one at a time. default: ComfyUI's --*-unet precision flag "
-                                       "if given, else bf16 (fp32 on CPU)."),
+                                       "if given, else bf16 (fp32 on CPU). Computes in bf16, or fp32 on devices "
+                                       "without bf16 (never fp16 unless --fp16-unet: CogVideoX overflows in fp16)."),
                 io.Combo.Input("attention", options=available_attention(), default="sdpa",
                                tooltip="Attention backend. sdpa: PyTorch; comfy: ComfyUI's optimized attention "
                                        "(as launched); sage: SageAttention if installed."),
@@ -108,7 +109,7 @@ class VaeLoader(io.ComfyNode):
                                tooltip="CogVideoX VAE file or folder under models/vae."),
                 io.Combo.Input("precision", options=["default", "bf16", "fp16", "fp32"], default="default",
                                tooltip="VAE dtype. default: ComfyUI's --fp32/--bf16/--fp16-vae flag if given, "
-                                       "else bf16 on GPU (as the reference), fp32 on CPU."),
+                                       "else bf16 where the device has it (as the reference), else fp32."),
             ],
             outputs=[Vae.Output(display_name="vae", tooltip="CogVideoX VAE for Face Frame Encode and VAE Decode.")],
         )

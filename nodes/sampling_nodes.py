@@ -42,7 +42,7 @@ class FaceFrameEncode(io.ComfyNode):
                 io.Int.Input("height", default=480, min=16, max=MAX_SIZE, step=16,
                              tooltip="Video height, a multiple of 16."),
                 io.Int.Input("num_frames", default=49, min=1, max=MAX_FRAMES, step=4,
-                             tooltip="Number of frames, 4k+1 (49 = 6 s at 8 fps, as trained)."),
+                             tooltip="Number of frames, 4k+1 (49 as trained: about 3 s at the reference's 16 fps)."),
             ],
             outputs=[ImageLatents.Output(display_name="image_latents", tooltip="Face-frame latents for the sampler.")],
         )

@@ -101,6 +101,26 @@ def test_default_dtypes_follow_comfyui_precision_flags(bridge, monkeypatch):
     assert bridge.vae_dtype("default", cpu) == torch.bfloat16 and bridge.vae_dtype("fp32", cpu) == torch.float32
 
 
+def test_no_fp16_compute_by_default_on_gpus_without_bf16(bridge, monkeypatch, caplog):
+    """A V100/T4-class GPU (no bf16): ComfyUI would pick fp16, which overflows in CogVideoX-5B. The DiT keeps
+    bf16 (or the chosen) storage and computes in fp32; the VAE runs fp32; an explicit --fp16-unet is honoured
+    with a warning."""
+    import comfy.model_management as mm
+    from comfy.cli_args import args
+
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(mm, "should_use_bf16", lambda *a, **k: False)
+    monkeypatch.setattr(mm, "should_use_fp16", lambda *a, **k: True)
+    assert bridge.dit_dtypes("default", gpu) == (torch.bfloat16, torch.float32)
+    assert bridge.dit_dtypes("fp8_e4m3fn", gpu) == (torch.float8_e4m3fn, torch.float32)
+    assert bridge.dit_dtypes("fp32", gpu) == (torch.float32, torch.float32)
+    assert bridge.vae_dtype("default", gpu) == torch.float32
+    monkeypatch.setattr(args, "fp16_unet", True)
+    with caplog.at_level("WARNING"):
+        assert bridge.dit_dtypes("default", gpu) == (torch.float16, torch.float16)
+    assert "overflow" in caplog.text
+
+
 def test_wrap_transformers_model_and_load(bridge):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.T5Config(vocab_size=8, d_model=8, d_kv=2, d_ff=8, num_layers=1, num_heads=2)
@@ -125,6 +145,10 @@ def test_only_comfy_ops_models_load_partially(bridge, monkeypatch):
     plain = bridge.wrap(torch.nn.Linear(2, 2), kind="vae")
     bridge.load_gpu([dit_like, plain], memory_required=5)
     assert sorted(calls) == [(["Linear"], True), (["Sequential"], False)]
+    calls.clear()
+    bridge.unwrap(dit_like).compiled_with = "inductor"  # a compiled DiT would recompile per streaming pattern
+    bridge.load_gpu(dit_like)
+    assert calls == [(["Sequential"], True)]
 
 
 def test_t5_dtype_follows_flags_and_never_substitutes(bridge, monkeypatch):

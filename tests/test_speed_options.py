@@ -196,3 +196,17 @@ def test_step_cache_signal_runs_inside_the_block_hook():
     dit.block_hook = Hook()
     run(StepCache(dit, threshold=0.5))
     assert not outside_calls
+
+
+def test_rope_real_arithmetic_equals_complex():
+    """Compiled blocks rotate q/k in real arithmetic (inductor has no complex kernels): same values."""
+    from echovideo.rope import rotary_embedding_for_video, rotate_pairs_, rotate_pairs_real_
+
+    cos, sin = rotary_embedding_for_video(32, 2, 48, 80, 17)
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 0.0)):
+        x = torch.randn(2, cos.shape[0], 3, 32).to(dtype)
+        a, b = x.clone(), x.clone()
+        rotate_pairs_(a, cos, sin)
+        rotate_pairs_real_(b, cos, sin)
+        assert not torch.equal(a, x)
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
