@@ -1,6 +1,8 @@
 import os
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))
 for p in (ROOT, TESTS):
@@ -13,10 +15,21 @@ def pytest_configure(config):
     clear message before collection, instead of golden tests skipping or running some other file."""
     if os.environ.get("ECHOVIDEO_GOLDEN") is None:
         return
-    import pytest
     from golden import GoldenPathError, golden_paths
 
     try:
         golden_paths()
     except GoldenPathError as e:
         raise pytest.UsageError(str(e)) from None
+
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """A test that changes torch's thread count (bench_sampling.main(--threads 1)) must not change later tests."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

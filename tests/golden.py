@@ -40,8 +40,23 @@ def golden_paths():
     return paths
 
 
+class MissingGolden(str):
+    """A golden_params() entry standing for golden files that are not there: Golden() raises its message."""
+
+
+def golden_params():
+    """golden_paths() for parametrizing at collection. When they cannot be found, one MissingGolden entry, so
+    that every golden test fails with the reason while the other tests in the module still run."""
+    try:
+        return golden_paths()
+    except GoldenPathError as e:
+        return [MissingGolden(str(e))]
+
+
 class Golden:
     def __init__(self, path):
+        if isinstance(path, MissingGolden):
+            raise GoldenPathError(str(path))
         self.path = str(path)
         if not os.path.isfile(self.path):
             raise GoldenPathError(f"golden file not found: {self.path!r} ({ENV_VAR} lists golden .safetensors "

@@ -9,12 +9,12 @@ from safetensors.torch import save_file
 
 from echovideo import checkpoint
 from echovideo.errors import CheckpointError
-from golden import Golden, assert_close_scaled, golden_paths, level1_output
+from golden import Golden, assert_close_scaled, golden_params, level1_output
 
 IDENTITY_MODULES = ("face_proj", "text_proj", "face_info_proj", "face_prj_wofc")
 
 
-@pytest.fixture(scope="module", params=golden_paths())
+@pytest.fixture(scope="module", params=golden_params())
 def golden(request):
     """Every ECHOVIDEO_GOLDEN file: its weights, config and level-1 numbers."""
     return Golden(request.param)

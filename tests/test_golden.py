@@ -12,12 +12,12 @@ from echovideo import pipeline, sampling, siglip
 from echovideo import vae as vae_lib
 from echovideo.rope import rotary_embedding_for_video
 from echovideo.transformer import EchoVideoTransformer
-from golden import Golden, assert_close_scaled, golden_paths
+from golden import Golden, assert_close_scaled, golden_params
 
 pytestmark = pytest.mark.golden
 
 
-@pytest.fixture(scope="module", params=golden_paths())
+@pytest.fixture(scope="module", params=golden_params())
 def golden(request):
     return Golden(request.param)
 
@@ -195,4 +195,6 @@ def test_level2_frames_from_reference_latents(level2):
     assert_close_scaled(frames, g["pipeline.out.frames"], name="frames")
     images = vae_lib.decode_to_images(level2.vae, g["pipeline.out.latents"], tiling=False)
     assert images.shape == (frames.shape[2], frames.shape[3], frames.shape[4], 3)
-    assert images.min() >= 0 and images.max() <= 1
+    # ComfyUI IMAGE: the reference frames mapped from [-1, 1] to [0, 1], frames first, channels last
+    expected = (g["pipeline.out.frames"][0].permute(1, 2, 3, 0) * 0.5 + 0.5).clamp(0, 1)
+    assert_close_scaled(images, expected, name="images")

@@ -6,7 +6,7 @@ import torch
 import comfy_env
 
 pytestmark = comfy_env.requires_comfyui
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402
 
 T = comfy_env.TINY
 W, H, FRAMES, STEPS = T["width"], T["height"], T["frames"], T["steps"]

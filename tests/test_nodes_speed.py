@@ -244,15 +244,21 @@ def test_text_and_siglip_models_are_managed_by_comfy(env):
 
 
 @pytest.mark.golden
-@pytest.mark.parametrize("path", __import__("golden").golden_paths())
-def test_comfy_attention_matches_golden(env, path):
+@pytest.mark.parametrize("path", __import__("golden").golden_params())
+def test_comfy_attention_matches_golden(env, path, monkeypatch):
     """The `comfy` backend (ComfyUI's optimized_attention, as launched: on this CPU its pytorch/sub-quadratic
-    path) gives the published numbers at the level-1 fp32 tolerance."""
+    path) gives the published numbers at the level-1 fp32 tolerance, and really goes through ComfyUI."""
+    import comfy.ldm.modules.attention as comfy_attention
+
     from golden import Golden, assert_close_scaled, level1_output
     from test_golden import build_dit
 
+    calls = []
+    real = comfy_attention.optimized_attention
+    monkeypatch.setattr(comfy_attention, "optimized_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
     comfy_env.pack_module("nodes.bridge").register_comfy_attention()
     g = Golden(path)
     model = build_dit(g)
     model.set_attention("comfy")
     assert_close_scaled(level1_output(model, g), g["transformer.out.model_output"], name="comfy attention")
+    assert len(calls) == g.meta["transformer_config"]["num_layers"]  # one call per block

@@ -8,7 +8,7 @@ import torch
 import comfy_env
 
 pytestmark = comfy_env.requires_comfyui
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 VOCAB = 32128  # the real T5 tokenizer's ids must fit

@@ -6,11 +6,11 @@ from echovideo import attention, sampling, tiny
 from echovideo.compile import compile_blocks
 from echovideo.offload import disable_block_swap, enable_block_swap
 from echovideo.step_cache import DEFAULT_THRESHOLD, StepCache, mean_abs
-from golden import Golden, assert_close_scaled, golden_paths, level1_output
+from golden import Golden, assert_close_scaled, golden_params, level1_output
 from test_golden import build_dit
 
 
-@pytest.fixture(scope="module", params=golden_paths())
+@pytest.fixture(scope="module", params=golden_params())
 def golden(request):
     return Golden(request.param)
 
@@ -210,3 +210,33 @@ def test_rope_real_arithmetic_equals_complex():
         rotate_pairs_real_(b, cos, sin)
         assert not torch.equal(a, x)
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_generate_uses_the_reference_image_for_the_first_frame():
+    """pipeline.generate: the first latent frame comes from reference_image when given (whole-image mode),
+    else from the face crop; the identity (fusion) comes from the face either way."""
+    import numpy as np
+
+    from echovideo import pipeline
+    from echovideo import vae as vae_lib
+
+    p = tiny.PRESETS["shared"]
+    dit, vae, sig = tiny.tiny_dit(p), tiny.tiny_vae(p), tiny.tiny_siglip(p)
+    rng = np.random.RandomState(0)
+    face, photo = (rng.randint(0, 256, (s, s, 3)).astype(np.uint8) for s in (96, 128))
+    text = torch.randn(1, p.text_len, p.text_dim)
+    ident = rng.randn(512).astype(np.float32)
+    run = dict(width=p.width, height=p.height, num_frames=p.frames, steps=2, seed=1, decode=False)
+    seen = []
+
+    class FirstFrame(sampling.DiTCaller):
+        def __call__(self, x, *a):
+            seen.append(x[0, 0, p.latent_channels:].clone())  # the image-latent channels of latent frame 0
+            return super().__call__(x, *a)
+
+    for reference in (None, photo):
+        pipeline.generate(dit, vae, sig, text, text, face, ident, reference_image=reference,
+                          dit_caller=FirstFrame(dit), **run)
+    for index, image in ((0, face), (2, photo)):
+        expected = vae_lib.encode_face_frame(vae, image, p.width, p.height, p.frames)[0, 0]
+        torch.testing.assert_close(seen[index], expected)

@@ -8,7 +8,7 @@ import torch
 from echovideo import text
 from echovideo.errors import CheckpointError
 
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 WORDS = "a the man woman smiles walks in park red hat looking at camera slowly".split()
@@ -140,7 +140,7 @@ def test_find_tokenizer_beside(tmp_path):
 
 def test_sentencepiece_tokenizer_folder(tmp_path):
     """A T5Tokenizer built from a sentencepiece model (the released tokenizer/ folder kind)."""
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))) * 20)
     prefix = str(tmp_path / "sp")

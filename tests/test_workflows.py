@@ -152,6 +152,8 @@ def test_known_node_ids(info):
     """Our ids come from the pack; the core ids exist in ComfyUI (or the documented list without it)."""
     for nid in nodeinfo.PACK_NODES:
         assert nid in info, f"{nid} not in the pack's node list"
+    ours = {nid for nid in info if nid.startswith("EchoVideo")}
+    assert ours == set(nodeinfo.PACK_NODES), f"update nodeinfo.PACK_NODES: {ours ^ set(nodeinfo.PACK_NODES)}"
     if comfy_env.available():
         for nid in nodeinfo.CORE_NODES:
             assert nid in info, f"core node {nid} not found in ComfyUI ({nodeinfo.CORE_NODES[nid]})"
@@ -260,21 +262,20 @@ def test_settings(path, info):
 
 
 def readme_model_table():
-    path = os.path.join(REPO, "README.md")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
+    with open(os.path.join(REPO, "README.md")) as f:
         text = f.read()
-    rows = [l for l in text.splitlines() if l.lstrip().startswith("|") and "models/" in l]
-    return "\n".join(rows) or None
+    return "\n".join(l for l in text.splitlines() if l.lstrip().startswith("|") and "models/" in l)
+
+
+EXAMPLE_FOLDERS = dict(model="diffusion_models", vae="vae", t5="text_encoders", siglip="clip_vision")
 
 
 def test_example_model_names_match_readme():
+    """The example workflows name the model folders the README's model table tells users to make."""
     table = readme_model_table()
-    if table is None:
-        pytest.skip("README.md has no model table yet (rows with '|' and 'models/'); names checked against "
-                    "EXAMPLE_NAMES only")
-    missing = [n for k, n in EXAMPLE_NAMES.items() if k not in ("photo", "upscale") and n not in table]
+    assert table, "README.md has no model table (rows with '|' and 'models/')"
+    paths = [f"`models/{folder}/{EXAMPLE_NAMES[k]}/`" for k, folder in EXAMPLE_FOLDERS.items()]
+    missing = [p for p in paths if p not in table]
     assert not missing, f"README model table does not name {missing}"
 
 

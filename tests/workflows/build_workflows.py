@@ -196,7 +196,9 @@ def main():
             json.dump(api_twin(kind, oi), f, indent=1)
             f.write("\n")
     keep = ("input", "input_order", "output", "output_name", "python_module")
-    snap = {t: {k: oi[t][k] for k in keep if k in oi[t]} for t in sorted(used) if t in oi}
+    import nodeinfo
+
+    snap = {t: {k: oi[t][k] for k in keep if k in oi[t]} for t in sorted(used | set(nodeinfo.PACK_NODES)) if t in oi}
     with open(os.path.join(HERE, "node_info_snapshot.json"), "w") as f:
         json.dump(snap, f, indent=1, sort_keys=True)
         f.write("\n")

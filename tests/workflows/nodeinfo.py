@@ -10,7 +10,8 @@ SNAPSHOT = os.path.join(HERE, "node_info_snapshot.json")
 
 PACK_NODES = ["EchoVideoT5Loader", "EchoVideoTextEncode", "EchoVideoModelLoader", "EchoVideoVAELoader",
               "EchoVideoFaceEncoderLoader", "EchoVideoFaceEncode", "EchoVideoIITFFusion",
-              "EchoVideoFaceFrameEncode", "EchoVideoSampler", "EchoVideoVAEDecode"]
+              "EchoVideoFaceFrameEncode", "EchoVideoSampler", "EchoVideoVAEDecode", "EchoVideoCompileSettings",
+              "EchoVideoStepCache"]
 # core node ids the workflows may use -> the ComfyUI module that defines them (0.3.64)
 CORE_NODES = {"LoadImage": "nodes", "PreviewImage": "nodes", "ImageScaleBy": "nodes", "CLIPLoader": "nodes",
               "CreateVideo": "comfy_extras.nodes_video", "SaveVideo": "comfy_extras.nodes_video",
