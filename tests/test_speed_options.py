@@ -240,3 +240,11 @@ def test_generate_uses_the_reference_image_for_the_first_frame():
     for index, image in ((0, face), (2, photo)):
         expected = vae_lib.encode_face_frame(vae, image, p.width, p.height, p.frames)[0, 0]
         torch.testing.assert_close(seen[index], expected)
+
+
+def test_sampled_latents_are_ordinary_tensors():
+    """The loop runs in inference mode; what it returns can still be changed in place by the caller."""
+    dit, run = _cache_run(tiny.PRESETS["shared"], steps=2)
+    latents = run(None)
+    assert not latents.is_inference()
+    latents.mul_(2)
