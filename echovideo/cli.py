@@ -32,8 +32,7 @@ def check_size_options(ap, width, height, frames):
     try:
         check_video_size(width, height, frames)
     except EchoVideoInputError as e:
-        name, _, fix = str(e).partition(": ")
-        ap.error(f"--{dict(num_frames='frames').get(name, name)}: {fix}")
+        require(ap, False, "--" + dict(num_frames="frames").get(e.argument, e.argument), e.got, e.needs)
 
 
 def check_shared_options(ap, args):

@@ -2,7 +2,8 @@
 
 
 class EchoVideoInputError(ValueError):
-    """An input has the wrong shape, size or value."""
+    """An input has the wrong shape, size or value. Raised by `check`, it also carries `argument`, `got`
+    and `needs`, so that a caller can report the input under its own name (e.g. a command-line option)."""
 
 
 class CheckpointError(ValueError):
@@ -11,4 +12,6 @@ class CheckpointError(ValueError):
 
 def check(condition: bool, argument: str, got, needs: str) -> None:
     if not condition:
-        raise EchoVideoInputError(f"{argument}: got {got}, needs {needs}")
+        error = EchoVideoInputError(f"{argument}: got {got}, needs {needs}")
+        error.argument, error.got, error.needs = argument, got, needs
+        raise error

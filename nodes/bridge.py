@@ -198,6 +198,8 @@ def _flag_dtype(flags) -> Optional[str]:
 UNET_FLAGS = (("fp32_unet", "fp32"), ("bf16_unet", "bf16"), ("fp16_unet", "fp16"),
               ("fp8_e4m3fn_unet", "fp8_e4m3fn"), ("fp8_e5m2_unet", "fp8_e5m2"))
 VAE_FLAGS = (("fp32_vae", "fp32"), ("bf16_vae", "bf16"), ("fp16_vae", "fp16"))
+TEXT_FLAGS = (("fp16_text_enc", "fp16"), ("bf16_text_enc", "bf16"), ("fp32_text_enc", "fp32"),
+              ("fp8_e4m3fn_text_enc", "fp8_e4m3fn"), ("fp8_e5m2_text_enc", "fp8_e5m2"))
 
 
 def dit_dtypes(choice: str, device=None):
@@ -243,13 +245,10 @@ def operations(weight: torch.dtype, compute: torch.dtype, device=None):
 def t5_dtype(device=None) -> torch.dtype:
     """ComfyUI's --fp16/--bf16/--fp32-text-enc when given; else bf16 (the reference's) where the device has it,
     else fp16 (the T5 loader keeps the overflow-prone `wo` layers in fp32)."""
-    from comfy.cli_args import args
-
-    for flag, dtype in (("fp16_text_enc", torch.float16), ("bf16_text_enc", torch.bfloat16),
-                        ("fp32_text_enc", torch.float32)):
-        if getattr(args, flag, False):
-            return dtype
-    if getattr(args, "fp8_e4m3fn_text_enc", False) or getattr(args, "fp8_e5m2_text_enc", False):
+    flag = _flag_dtype(TEXT_FLAGS)
+    if flag is not None and not flag.startswith("fp8"):
+        return WEIGHT_DTYPES[flag]
+    if flag is not None:
         raise ValueError("EchoVideo T5 Loader: ComfyUI runs with an fp8 text-encoder flag, which this loader "
                          "cannot store. Set precision to bf16, fp16 or fp32, or load t5xxl_fp8_e4m3fn.safetensors "
                          "with the core Load CLIP node into Text Encode's clip input.")
@@ -299,8 +298,9 @@ def load_gpu(patchers, memory_required: int = 0) -> None:
     may_load_partially."""
     if not isinstance(patchers, (list, tuple)):
         patchers = [patchers]
-    partial = [p for p in patchers if may_load_partially(p)]
-    full = [p for p in patchers if not may_load_partially(p)]
+    partial, full = [], []
+    for p in patchers:
+        (partial if may_load_partially(p) else full).append(p)
     if full:
         mm.load_models_gpu(full, memory_required=memory_required, force_full_load=True)
     if partial:
