@@ -7,6 +7,8 @@ from typing import Callable, Dict
 import torch
 import torch.nn.functional as F
 
+from .errors import check
+
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -47,11 +49,11 @@ def get_attention(name_or_fn) -> AttentionFn:
     if callable(name_or_fn):
         return name_or_fn
     name = name_or_fn or "sdpa"
-    if name not in _BACKENDS:
-        raise ValueError(f"attention: unknown backend {name!r}; choose one of {sorted(_BACKENDS)}")
+    check(name in _BACKENDS, "attention", repr(name), "one of " + ", ".join(sorted(_BACKENDS)))
     if name == "sage":
         try:
             import sageattention  # noqa: F401
-        except ImportError as e:
-            raise ValueError("attention: 'sage' needs the sageattention package (pip install sageattention)") from e
+        except ImportError:
+            check(False, "attention", "'sage'", "the sageattention package (pip install sageattention), "
+                  "or another backend: " + ", ".join(available_attention()))
     return _BACKENDS[name]

@@ -133,6 +133,15 @@ def default_tiling(vae) -> dict:
                 tile_overlap_factor_height=1 / 6, tile_overlap_factor_width=1 / 5)
 
 
+TILE_SIZE_RULE = "a multiple of 16, at least 64 pixels (or 0 for the VAE's default)"
+
+
+def check_tile_size(tile_size) -> None:
+    """A custom tile size: a multiple of 16 pixels, at least 64."""
+    check(isinstance(tile_size, int) and tile_size >= 64 and tile_size % 16 == 0, "tile_size", tile_size,
+          TILE_SIZE_RULE)
+
+
 def configure_tiling(vae, tiling: bool, tile_size: Optional[int] = None, overlap: float = 1 / 6) -> None:
     """Spatial tiling, every value set explicitly (diffusers' enable_tiling() keeps earlier values, and the VAE
     object is shared between nodes and runs). tile_size: pixels per tile side (multiple of 16, >= 64; None =
@@ -144,8 +153,7 @@ def configure_tiling(vae, tiling: bool, tile_size: Optional[int] = None, overlap
     if not tile_size:
         vae.enable_tiling(**default_tiling(vae))
         return
-    check(isinstance(tile_size, int) and tile_size >= 64 and tile_size % 16 == 0, "tile_size", tile_size,
-          "a multiple of 16, at least 64 pixels")
+    check_tile_size(tile_size)
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     tile_latent = tile_size // scale
     overlap_latents = max(1, round(tile_latent * overlap))

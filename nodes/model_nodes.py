@@ -20,6 +20,8 @@ def named_errors(node: str, path: str, what: str = "this model"):
     import contextlib
     import os
 
+    from safetensors import SafetensorError
+
     from echovideo.errors import CheckpointError, EchoVideoInputError
 
     name = os.path.basename(path.rstrip(os.sep))
@@ -31,11 +33,11 @@ def named_errors(node: str, path: str, what: str = "this model"):
         except (CheckpointError, EchoVideoInputError) as e:
             msg = str(e)
             raise type(e)(f"{node}: {msg if name in msg else name + ': ' + msg}") from None
-        except (TypeError, KeyError, RuntimeError, ValueError) as e:
+        except (TypeError, KeyError, RuntimeError, ValueError, SafetensorError) as e:
             if isinstance(e, torch.OutOfMemoryError):
                 raise
             raise ValueError(f"{node}: {name} could not be loaded as {what} ({type(e).__name__}: {e}); "
-                             f"is it the right file? -- {bridge.README_HINT}") from e
+                             f"is it the right file, completely downloaded? -- {bridge.README_HINT}") from e
     return ctx()
 
 
@@ -78,8 +80,14 @@ class ModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name, weight_dtype="default", attention="sdpa", compile_settings=None) -> io.NodeOutput:
+        from echovideo.attention import get_attention
         from echovideo.checkpoint import load_transformer
+        from echovideo.errors import EchoVideoInputError
 
+        try:
+            get_attention(attention)  # before loading: a backend problem is not the file's
+        except EchoVideoInputError as e:
+            raise EchoVideoInputError(f"EchoVideo Model Loader: {e}") from None
         path = resolve_entry("diffusion_models", model_name)
         device = bridge.load_device("unet")
         weight, compute = bridge.dit_dtypes(weight_dtype, device)

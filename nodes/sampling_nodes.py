@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from echovideo.errors import EchoVideoInputError
-from echovideo.video import check_video_size
+from echovideo.vae import check_tile_size
+from echovideo.video import video_size_problems
 
 from . import bridge
 from .bridge import io
@@ -17,12 +18,8 @@ MAX_FRAMES = 257
 
 
 def size_problem(width, height, num_frames):
-    """None, or the library's message for a size the model cannot take."""
-    try:
-        check_video_size(width, height, num_frames)
-    except EchoVideoInputError as e:
-        return str(e)
-    return None
+    """None, or one message naming every size input the model cannot take (ComfyUI shows it on each)."""
+    return "; ".join(video_size_problems(width, height, num_frames)) or None
 
 
 class FaceFrameEncode(io.ComfyNode):
@@ -164,10 +161,22 @@ class VAEDecode(io.ComfyNode):
                 io.Boolean.Input("tiling", default=True,
                                  tooltip="Decode in overlapping spatial tiles: far less memory, same look."),
                 io.Int.Input("tile_size", default=0, min=0, max=2048, step=16,
-                             tooltip="Tile size in pixels; 0 = the VAE's default."),
+                             tooltip="Tile size in pixels: 0 = the VAE's default, else a multiple of 16, "
+                                     "at least 64."),
             ],
             outputs=[io.Image.Output(display_name="frames", tooltip="Video frames, one IMAGE per frame.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, tile_size=None):
+        """A bad tile size is refused when the prompt is queued, not after sampling."""
+        if tile_size is None or tile_size == 0:
+            return True
+        try:
+            check_tile_size(tile_size)
+        except EchoVideoInputError as e:
+            return str(e)
+        return True
 
     @classmethod
     def execute(cls, vae, latent, tiling=True, tile_size=0) -> io.NodeOutput:

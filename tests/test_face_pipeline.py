@@ -53,6 +53,39 @@ def test_missing_parser_only(tmp_path, tiny_dirs):
         F.FaceModelPaths(tiny_dirs["insightface_root"], str(fx)).validate()
 
 
+def _copy_face_dirs(tiny_dirs, dest):
+    import shutil
+
+    shutil.copytree(tiny_dirs["insightface_root"], dest / "insightface")
+    shutil.copytree(tiny_dirs["facexlib_dir"], dest / "facexlib")
+    return F.FaceModelPaths(str(dest / "insightface"), str(dest / "facexlib"))
+
+
+@pytest.mark.parametrize("which,what", [("bisenet", "BiSeNet face parser"), ("recognizer", "ArcFace recognizer"),
+                                        ("detector", "face detector")])
+def test_broken_model_file_names_file_and_fix(tmp_path, tiny_dirs, which, what):
+    paths = _copy_face_dirs(tiny_dirs, tmp_path)
+    path = getattr(paths, which)
+    with open(path, "r+b") as f:
+        f.truncate(1000)  # a half-downloaded file
+    with pytest.raises(F.FaceModelLoadError) as e:
+        F.load_face_models(paths)
+    msg = str(e.value)
+    assert path in msg and what in msg and "download it again" in msg
+
+
+def test_replaced_model_file_is_loaded_again(tmp_path, tiny_dirs):
+    paths = _copy_face_dirs(tiny_dirs, tmp_path)
+    first = F.load_face_models(paths)
+    assert F.load_face_models(paths) is first
+    torch.save(bisenet_state_dict(label=2), paths.bisenet)
+    os.utime(paths.bisenet, ns=(1, 1))  # a different stamp even within the clock's resolution
+    second = F.load_face_models(paths)
+    assert second is not first
+    old, new = first.parser.state_dict(), second.parser.state_dict()
+    assert any(not torch.equal(old[k], new[k]) for k in old)  # the new file's weights, not the cached ones
+
+
 def test_tiny_models_have_insightface_layouts(tiny_dirs):
     from insightface.model_zoo import get_model
 

@@ -140,6 +140,27 @@ def test_bad_inputs_give_clear_errors(env):
     assert "4k+1" in sn.FaceFrameEncode.validate_inputs(width=64, height=64, num_frames=10)
     assert "multiple of 16" in sn.FaceFrameEncode.validate_inputs(width=70, height=64, num_frames=9)
     assert sn.FaceFrameEncode.validate_inputs(width=64, height=64, num_frames=9) is True
+    both = sn.FaceFrameEncode.validate_inputs(width=70, height=64, num_frames=10)  # every problem at once
+    assert "num_frames: got 10" in both and "width: got 70" in both and "height" not in both
+    for bad in (16, 48, 72):
+        assert "tile_size: got %d, needs a multiple of 16, at least 64" % bad in sn.VAEDecode.validate_inputs(tile_size=bad)
+    assert sn.VAEDecode.validate_inputs(tile_size=0) is True and sn.VAEDecode.validate_inputs(tile_size=64) is True
+    # an attention backend that is not installed is named as such, before (and not blamed on) the model file
+    import sys
+
+    from echovideo.errors import EchoVideoInputError
+
+    saved = sys.modules.get("sageattention")
+    sys.modules["sageattention"] = None
+    try:
+        with pytest.raises(EchoVideoInputError, match="^EchoVideo Model Loader: attention: got 'sage'") as e:
+            comfy_env.run_node(mn.ModelLoader, model_name="echo_tiny.safetensors", attention="sage")
+        assert "echo_tiny" not in str(e.value)
+    finally:
+        if saved is None:
+            del sys.modules["sageattention"]
+        else:
+            sys.modules["sageattention"] = saved
     with pytest.raises(FileNotFoundError, match="diffusion_models.*README"):
         comfy_env.run_node(mn.ModelLoader, model_name="missing.safetensors")
     # a VAE file given as the transformer
@@ -148,6 +169,12 @@ def test_bad_inputs_give_clear_errors(env):
     shutil.copy(env["root"] / "vae" / "vae_tiny.safetensors", env["root"] / "diffusion_models" / "wrong.safetensors")
     with pytest.raises(ValueError, match="Model Loader: .*wrong.safetensors: .*not an EchoVideo"):
         comfy_env.run_node(mn.ModelLoader, model_name="wrong.safetensors")
+    # a half-downloaded file
+    data = (env["root"] / "diffusion_models" / "echo_tiny.safetensors").read_bytes()
+    (env["root"] / "diffusion_models" / "cut.safetensors").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ValueError, match="Model Loader: cut.safetensors could not be loaded .*SafetensorError.*"
+                                         "completely downloaded"):
+        comfy_env.run_node(mn.ModelLoader, model_name="cut.safetensors")
     # a transformer file given as the VAE
     shutil.copy(env["root"] / "diffusion_models" / "echo_tiny.safetensors", env["root"] / "vae" / "wrong_vae.safetensors")
     with pytest.raises(ValueError, match="VAE Loader: .*wrong_vae.safetensors.*CogVideoX VAE"):

@@ -4,6 +4,7 @@ import torch
 
 from echovideo import attention, sampling, tiny
 from echovideo.compile import compile_blocks
+from echovideo.errors import EchoVideoInputError
 from echovideo.offload import disable_block_swap, enable_block_swap
 from echovideo.step_cache import DEFAULT_THRESHOLD, StepCache, mean_abs
 from golden import Golden, assert_close_scaled, golden_params, level1_output
@@ -26,8 +27,16 @@ def test_pluggable_attention_backend_matches_golden(golden):
     model = build_dit(golden)
     model.set_attention("test_math")
     assert_close_scaled(level1_output(model, golden), golden["transformer.out.model_output"], name="math attention")
-    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+    with pytest.raises(EchoVideoInputError, match="attention: got 'nope', needs one of .*sdpa"):
         model.set_attention("nope")
+
+
+def test_missing_sage_is_named_with_the_fix(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sageattention", None)  # import fails as if not installed
+    with pytest.raises(EchoVideoInputError, match="attention: got 'sage', needs the sageattention package.*sdpa"):
+        attention.get_attention("sage")
 
 
 @pytest.mark.golden

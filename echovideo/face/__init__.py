@@ -6,7 +6,7 @@ from the folders given in FaceModelPaths, nothing is downloaded.
 """
 from .align import ARCFACE_TEMPLATE_96x112, FACE_SIZE, align_face, alignment_matrix, face_template, transform_points
 from .detect import Detection, FaceDetector
-from .errors import FaceError, FaceIndexError, FaceModelMissingError, NoFaceFoundError
+from .errors import FaceError, FaceIndexError, FaceModelLoadError, FaceModelMissingError, NoFaceFoundError
 from .image import MAX_LONG_SIDE, load_image_file, resize_long_side, to_uint8_rgb
 from .models import (
     BISENET_FILE,
@@ -33,6 +33,7 @@ __all__ = [
     "FaceError",
     "FaceIdentity",
     "FaceIndexError",
+    "FaceModelLoadError",
     "FaceModelMissingError",
     "FaceModelPaths",
     "FaceModels",

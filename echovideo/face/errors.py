@@ -25,3 +25,12 @@ class FaceModelMissingError(FileNotFoundError):
         super().__init__(
             f"face model file '{filename}'{label} not found in folder '{folder}'; {README_HINT}"
         )
+
+
+class FaceModelLoadError(ValueError):
+    """A face model file is there but cannot be read as the model it should be."""
+
+    def __init__(self, path: str, what: str, cause: BaseException):
+        super().__init__(f"face model file '{path}' could not be loaded as the {what} "
+                         f"({type(cause).__name__}: {cause}); it may be incomplete or another model: "
+                         f"download it again ({README_HINT})")

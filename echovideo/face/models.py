@@ -11,7 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .errors import FaceModelMissingError
+from .errors import FaceError, FaceModelLoadError, FaceModelMissingError
 
 ANTELOPEV2 = os.path.join("models", "antelopev2")
 DETECTOR_FILE = "scrfd_10g_bnkps.onnx"
@@ -117,8 +117,25 @@ class FaceModels:
     @property
     def retinaface(self):
         if self._retinaface is None:
-            self._retinaface = _build_retinaface(self.paths.retinaface, self.device)
+            self._retinaface = _load_named(_build_retinaface, self.paths.retinaface, "facexlib RetinaFace detector",
+                                           self.device)
         return self._retinaface
+
+
+def _file_stamp(path: str) -> tuple:
+    """(size, mtime): a file replaced on disk is loaded again instead of served from the cache."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _load_named(build, path: str, what: str, *args):
+    """build(path, *args); an unreadable file raises FaceModelLoadError naming the file and the fix."""
+    try:
+        return build(path, *args)
+    except (FaceError, MemoryError):
+        raise
+    except Exception as e:  # onnxruntime, torch.load and load_state_dict raise many unrelated types
+        raise FaceModelLoadError(path, what, e) from e
 
 
 def _build_retinaface(path: str, device: str):
@@ -172,7 +189,8 @@ def load_face_models(paths: FaceModelPaths, device: str = "cpu") -> FaceModels:
     paths.validate()
     device = str(device)
     providers = onnx_providers(device)
-    key = (paths.detector, paths.recognizer, paths.retinaface, paths.bisenet, repr(providers), device)
+    files = (paths.detector, paths.recognizer, paths.retinaface, paths.bisenet)
+    key = tuple((f, _file_stamp(f)) for f in files) + (repr(providers), device)
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
@@ -181,9 +199,10 @@ def load_face_models(paths: FaceModelPaths, device: str = "cpu") -> FaceModels:
             paths=paths,
             device=device,
             providers=providers,
-            detector=_build_scrfd(paths.detector, providers),
-            recognizer=_build_arcface(paths.recognizer, providers),
-            parser=_build_parser(paths.bisenet, device),
+            detector=_load_named(_build_scrfd, paths.detector, "insightface antelopev2 face detector", providers),
+            recognizer=_load_named(_build_arcface, paths.recognizer, "insightface antelopev2 ArcFace recognizer",
+                                   providers),
+            parser=_load_named(_build_parser, paths.bisenet, "facexlib BiSeNet face parser", device),
         )
         _cache[key] = models
         while len(_cache) > _CACHE_SIZE:
