@@ -76,7 +76,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(tiny.PRESETS), default="shared")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--frames", type=int, default=None, help="override the preset's frame count (4k+1)")
+    ap.add_argument("--frames", type=int, default=None, help="override the preset's frame count (8k+1)")
     ap.add_argument("--steps", type=int, default=None, help="override the preset's step count")
     ap.add_argument("--step-cache", type=float, nargs="?", const=DEFAULT_THRESHOLD, default=None,
                     metavar="THRESHOLD", help="also run with the step cache (threshold: default "

@@ -1,6 +1,7 @@
 """Checkpoint loading for the EchoVideo DiT: the released diffusers folder (sharded safetensors +
 index + config.json) or one merged .safetensors; bf16 / fp16 / fp32 / fp8 storage. safetensors only."""
 import json
+import math
 import os
 from typing import Dict, Optional, Tuple
 
@@ -39,7 +40,7 @@ def _weight_files(path: str):
             with open(os.path.join(path, index[0])) as f:
                 names = sorted(set(json.load(f)["weight_map"].values()))
         else:
-            names = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+            names = sorted(f for f in os.listdir(path) if f.lower().endswith(SAFETENSORS_EXTENSIONS))
         if not names:
             raise CheckpointError(f"{path}: no .safetensors weights in this folder; {SAFETENSORS_HINT}")
         files = [os.path.join(path, n) for n in names]
@@ -122,7 +123,7 @@ def read_config_and_weights(path: str, what: str, default_config: Optional[dict]
             raise CheckpointError(f"{what} folder {path} has no config.json")
         with open(cfg_file) as f:
             config = json.load(f)
-        files = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
+        files = sorted(n for n in os.listdir(path) if n.lower().endswith(SAFETENSORS_EXTENSIONS))
         if not files:
             raise CheckpointError(f"{what} folder {path} has no .safetensors weights; {SAFETENSORS_HINT}")
         state = {}
@@ -145,6 +146,15 @@ def load_state_dict(path: str, dtype: Optional[torch.dtype] = None, device="cpu"
     return state
 
 
+def main_stored_dtype(layout: Dict[str, Tuple[tuple, torch.dtype]]) -> torch.dtype:
+    """The dtype most of the weights' elements are stored in (an fp8 file that keeps its norms and biases in
+    bf16 stays fp8)."""
+    elements: Dict[torch.dtype, int] = {}
+    for shape, dtype in layout.values():
+        elements[dtype] = elements.get(dtype, 0) + math.prod(shape)
+    return max(elements, key=elements.get)
+
+
 def default_compute_dtype(weight_dtype: torch.dtype) -> torch.dtype:
     """fp32 and fp16 weights compute in their own dtype; bf16 and fp8 in bf16."""
     if weight_dtype == torch.float32:
@@ -157,7 +167,8 @@ def default_compute_dtype(weight_dtype: torch.dtype) -> torch.dtype:
 def load_transformer(path: str, weight_dtype: Optional[torch.dtype] = None,
                      compute_dtype: Optional[torch.dtype] = None, operations=None, device="cpu",
                      attention="sdpa") -> EchoVideoTransformer:
-    """Loads the DiT. weight_dtype: storage dtype (None = as stored; fp8 keeps fp8 and upcasts per layer).
+    """Loads the DiT. weight_dtype: storage dtype (None = as stored; a file mixing dtypes: the one most weights
+    are stored in; fp8 keeps fp8 and upcasts per layer).
     compute_dtype: the dtype activations run in (default from the weights: fp32, fp16, else bf16)."""
     layout, config_dict = read_header(path)
     try:
@@ -167,9 +178,8 @@ def load_transformer(path: str, weight_dtype: Optional[torch.dtype] = None,
     problem = diagnose({k: v[0] for k, v in layout.items()}, expected_layout(config))
     if problem:
         raise CheckpointError(f"{path}: does not match the EchoVideo transformer: {problem}")
-    stored = {d for _, d in layout.values()}
     if weight_dtype is None:
-        weight_dtype = next(iter(stored)) if len(stored) == 1 else torch.bfloat16
+        weight_dtype = main_stored_dtype(layout)
     compute_dtype = compute_dtype or default_compute_dtype(weight_dtype)
     ops = operations or operations_for(weight_dtype, compute_dtype)
     with torch.device("meta"):

@@ -30,7 +30,7 @@ def require(ap, ok, option, got, needs):
 def check_size_options(ap, width, height, frames):
     """check_video_size's rule, reported with the command-line option names."""
     try:
-        check_video_size(width, height, frames)
+        check_video_size(width, height, frames, exact_frames=True)
     except EchoVideoInputError as e:
         require(ap, False, "--" + dict(num_frames="frames").get(e.argument, e.argument), e.got, e.needs)
 

@@ -9,6 +9,7 @@ Plain torch + transformers; never imports ComfyUI. Weights are loaded from safet
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import List, Optional, Sequence, Union
 
@@ -17,6 +18,7 @@ import torch
 from .errors import CheckpointError, EchoVideoInputError
 
 MAX_LENGTH = 226  # the reference's max_sequence_length
+log = logging.getLogger("echovideo")
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
 
 
@@ -51,7 +53,17 @@ def tokenize(tokenizer, prompt: Union[str, Sequence[str]], max_length: int = MAX
         raise EchoVideoInputError(f"prompt: got {type(prompt).__name__}, needs a string or list of strings")
     out = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
                     add_special_tokens=True, return_tensors="pt")
+    for dropped in truncated_parts(tokenizer, prompts, max_length):
+        log.warning("EchoVideo: the prompt is longer than the %d tokens the model reads; this end of it is "
+                    "left out: %r. Shorten the prompt to keep it.", max_length, dropped)
     return out.input_ids
+
+
+def truncated_parts(tokenizer, prompts: Sequence[str], max_length: int = MAX_LENGTH) -> List[str]:
+    """The text each over-long prompt loses to truncation (as the reference pipeline reports it)."""
+    full = tokenizer(list(prompts), padding=False, truncation=False, add_special_tokens=True).input_ids
+    # the kept ids end with EOS at max_length - 1; the full ids end with EOS too
+    return [tokenizer.decode(ids[max_length - 1:-1]) for ids in full if len(ids) > max_length]
 
 
 # ---------------------------------------------------------------- encoder
@@ -73,7 +85,7 @@ def _config_from(folder_or_file: str) -> tuple[dict, List[str]]:
         with open(cfg_path, encoding="utf-8") as f:
             config = json.load(f)
         files = sorted(os.path.join(folder_or_file, n) for n in os.listdir(folder_or_file)
-                       if n.endswith(".safetensors"))
+                       if n.lower().endswith((".safetensors", ".sft")))
         if not files:
             pickles = [n for n in os.listdir(folder_or_file) if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
             extra = f" (found {', '.join(pickles)}: pickle files are not loaded; convert them to safetensors)" if pickles else ""
@@ -101,18 +113,25 @@ def load_t5_encoder(folder_or_file: str, dtype: torch.dtype = torch.bfloat16, de
     from transformers import T5Config, T5EncoderModel
 
     config_dict, files = _config_from(folder_or_file)
-    if config_dict.get("model_type") not in (None, "t5", "umt5"):
-        raise CheckpointError(f"{folder_or_file!r}: config model_type is {config_dict.get('model_type')!r}, needs 't5'")
+    if config_dict.get("model_type") not in (None, "t5"):
+        raise CheckpointError(f"{folder_or_file!r}: config model_type is {config_dict.get('model_type')!r}, needs "
+                              "'t5' (EchoVideo's text encoder is T5 v1.1 XXL; UMT5 is Wan's)")
     config = T5Config.from_dict(config_dict)
     with torch.device("meta"):
         model = T5EncoderModel(config)
+    # as transformers' from_pretrained: in fp16, T5's `wo` layers stay float32 (they overflow in fp16)
+    keep_fp32 = tuple(getattr(model, "_keep_in_fp32_modules", None) or ()) if dtype == torch.float16 else ()
+
+    def target_dtype(key):
+        return torch.float32 if key.split(".")[-2:-1] and key.split(".")[-2] in keep_fp32 else dtype
+
     state = {}  # each weight converted as it is read (one copy in memory); a full T5's decoder is skipped
     for f in files:
         with safe_open(f, "pt", device="cpu") as weights:
             for k in weights.keys():
                 if not k.startswith(("decoder.", "lm_head.")):
                     t = weights.get_tensor(k)
-                    state[k] = t.to(dtype) if t.is_floating_point() else t
+                    state[k] = t.to(target_dtype(k)) if t.is_floating_point() else t
     if "shared.weight" not in state and "encoder.embed_tokens.weight" in state:
         state["shared.weight"] = state["encoder.embed_tokens.weight"]
     expected = set(model.state_dict().keys())
@@ -120,15 +139,13 @@ def load_t5_encoder(folder_or_file: str, dtype: torch.dtype = torch.bfloat16, de
     if missing:
         raise CheckpointError(f"{folder_or_file!r} is not a T5 encoder checkpoint: {len(missing)} weights missing, "
                               f"e.g. {missing[:3]}")
-    state = {k: v for k, v in state.items() if k in expected}
+    unexpected = sorted(set(state) - expected)
+    if unexpected:
+        raise CheckpointError(f"{folder_or_file!r} is not a T5 v1.1 encoder checkpoint: {len(unexpected)} weights "
+                              f"this T5 does not have, e.g. {unexpected[:3]}")
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
-    model.to(device=device, dtype=dtype)
-    if dtype == torch.float16:  # as transformers' from_pretrained: T5's `wo` overflows in fp16
-        keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
-        for name, module in model.named_modules():
-            if name.split(".")[-1] in keep:
-                module.float()
+    model.to(device=device)  # every weight is in its dtype already
     model.eval().requires_grad_(False)
     return model
 

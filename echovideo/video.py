@@ -5,28 +5,41 @@ SPATIAL_COMPRESSION = 8
 TEMPORAL_COMPRESSION = 4
 
 
-def _size_rules(width, height, num_frames):
+def decoded_frame_count(num_frames: int) -> int:
+    """Frames the VAE returns for a 4k+1-frame request: it decodes latent frames in pairs (the first three
+    together when their count is odd), so an even latent count gives 4 frames per latent, not 4k+1."""
+    n = latent_frames(num_frames)
+    return 4 * n if n % 2 == 0 else 4 * (n - 1) + 1
+
+
+def _size_rules(width, height, num_frames, exact_frames):
     """(holds, argument, got, needs) for each size rule."""
-    return [
-        (isinstance(num_frames, int) and num_frames >= 1 and (num_frames - 1) % TEMPORAL_COMPRESSION == 0,
-         "num_frames", num_frames, "4k+1 frames (e.g. 9, 25, 49)"),
+    four_k_plus_1 = isinstance(num_frames, int) and num_frames >= 1 and (num_frames - 1) % TEMPORAL_COMPRESSION == 0
+    rules = [(four_k_plus_1, "num_frames", num_frames, "4k+1 frames (e.g. 9, 25, 49)")]
+    if exact_frames and four_k_plus_1:
+        rules.append((decoded_frame_count(num_frames) == num_frames, "num_frames", num_frames,
+                      "8k+1 frames (9, 17, 25, 33, 41, 49): the VAE decodes latent frames in pairs, so "
+                      f"{num_frames} would come out as {decoded_frame_count(num_frames)} frames"))
+    rules += [
         (isinstance(height, int) and height >= 16 and height % 16 == 0, "height", height,
          "a positive multiple of 16 (e.g. 480)"),
         (isinstance(width, int) and width >= 16 and width % 16 == 0, "width", width,
          "a positive multiple of 16 (e.g. 848)"),
     ]
+    return rules
 
 
-def check_video_size(width: int, height: int, num_frames: int) -> None:
-    """Raises EchoVideoInputError for the first size rule broken."""
-    for holds, argument, got, needs in _size_rules(width, height, num_frames):
+def check_video_size(width: int, height: int, num_frames: int, exact_frames: bool = False) -> None:
+    """Raises EchoVideoInputError for the first size rule broken. The library takes any 4k+1 frames, as the
+    published pipeline does; exact_frames (the nodes, the CLI) also refuses counts the VAE decodes to more frames."""
+    for holds, argument, got, needs in _size_rules(width, height, num_frames, exact_frames):
         check(holds, argument, got, needs)
 
 
-def video_size_problems(width: int, height: int, num_frames: int) -> list:
+def video_size_problems(width: int, height: int, num_frames: int, exact_frames: bool = False) -> list:
     """Every size rule broken, as messages in check's wording (empty when the size is fine)."""
     return [f"{argument}: got {got}, needs {needs}"
-            for holds, argument, got, needs in _size_rules(width, height, num_frames) if not holds]
+            for holds, argument, got, needs in _size_rules(width, height, num_frames, exact_frames) if not holds]
 
 
 def latent_frames(num_frames: int) -> int:

@@ -19,7 +19,7 @@ MAX_FRAMES = 257
 
 def size_problem(width, height, num_frames):
     """None, or one message naming every size input the model cannot take (ComfyUI shows it on each)."""
-    return "; ".join(video_size_problems(width, height, num_frames)) or None
+    return "; ".join(video_size_problems(width, height, num_frames, exact_frames=True)) or None
 
 
 class FaceFrameEncode(io.ComfyNode):
@@ -38,8 +38,8 @@ class FaceFrameEncode(io.ComfyNode):
                              tooltip="Video width, a multiple of 16 (the model was trained at 720 x 480)."),
                 io.Int.Input("height", default=480, min=16, max=MAX_SIZE, step=16,
                              tooltip="Video height, a multiple of 16."),
-                io.Int.Input("num_frames", default=49, min=1, max=MAX_FRAMES, step=4,
-                             tooltip="Number of frames, 4k+1 (49 as trained: about 3 s at the reference's 16 fps)."),
+                io.Int.Input("num_frames", default=49, min=1, max=MAX_FRAMES, step=8,
+                             tooltip="Number of frames, 8k+1 (49 as trained: about 3 s at the reference's 16 fps)."),
             ],
             outputs=[ImageLatents.Output(display_name="image_latents", tooltip="Face-frame latents for the sampler.")],
         )

@@ -148,3 +148,34 @@ def test_sft_extension_loads_like_safetensors(tmp_path):
     pickle.write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"\.safetensors \(or \.sft\) only"):
         checkpoint.single_file_config(str(pickle))
+
+
+def test_folder_of_sft_shards_loads(tmp_path):
+    """A diffusers folder whose shards are named .sft (no index) loads like .safetensors shards."""
+    from echovideo import tiny
+
+    model = tiny.tiny_dit(tiny.PRESETS["shared"])
+    folder = tmp_path / "transformer"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(model.config.to_dict()))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    keys = sorted(state)
+    save_file({k: state[k] for k in keys[: len(keys) // 2]}, str(folder / "part-1.sft"))
+    save_file({k: state[k] for k in keys[len(keys) // 2:]}, str(folder / "part-2.sft"))
+    loaded = checkpoint.load_transformer(str(folder))
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+
+
+def test_mixed_dtype_file_loads_in_its_main_dtype(tmp_path):
+    """An fp8 release that keeps norms and biases in bf16 stays fp8 by default (not silently all bf16)."""
+    from echovideo import tiny
+
+    model = tiny.tiny_dit(tiny.PRESETS["shared"])
+    state = {k: (v.to(torch.float8_e4m3fn) if v.dim() >= 2 else v.to(torch.bfloat16)).contiguous()
+             for k, v in model.state_dict().items()}
+    path = str(tmp_path / "mixed.safetensors")
+    save_file(state, path, metadata={"config": json.dumps(model.config.to_dict()), "format": "pt"})
+    loaded = checkpoint.load_transformer(path)
+    assert loaded.weight_dtype == torch.float8_e4m3fn
+    assert all(p.dtype == torch.float8_e4m3fn for p in loaded.parameters())
+    assert checkpoint.main_stored_dtype({"a": ((10, 10), torch.bfloat16), "b": ((3,), torch.float32)}) == torch.bfloat16

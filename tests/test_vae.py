@@ -39,6 +39,20 @@ def test_images_layout(vae):
     assert frames.shape == (9, 64, 64, 3) and frames.min() >= 0 and frames.max() <= 1
 
 
+@pytest.mark.parametrize("num_frames", [1, 5, 9, 13, 17])
+def test_decoded_frame_count_is_what_the_vae_returns(vae, num_frames):
+    from echovideo.video import check_video_size, decoded_frame_count, latent_frames
+
+    z = torch.randn(1, latent_frames(num_frames), vae.config.latent_channels, 4, 4)
+    assert vae_lib.decode_raw(vae, z, tiling=False).shape[2] == decoded_frame_count(num_frames)
+    check_video_size(64, 64, num_frames)  # the library takes any 4k+1, as the published pipeline
+    if decoded_frame_count(num_frames) != num_frames:
+        with pytest.raises(EchoVideoInputError, match=f"num_frames: got {num_frames}, needs 8k\\+1"):
+            check_video_size(64, 64, num_frames, exact_frames=True)
+    else:
+        check_video_size(64, 64, num_frames, exact_frames=True)
+
+
 def test_bad_tile_size(vae):
     with pytest.raises(EchoVideoInputError, match="tile_size: got 40"):
         vae_lib.decode_raw(vae, torch.randn(1, 1, 4, 8, 8), tiling=True, tile_size=40)

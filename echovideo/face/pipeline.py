@@ -24,7 +24,8 @@ MIN_FACE_PIXELS = 64
 class FaceIdentity:
     """The identity taken from one photo.
 
-    id_embedding: [512] float32 ArcFace (antelopev2 glintr100) embedding, not normalised.
+    id_embedding: [512] ArcFace (antelopev2 glintr100) embedding, not normalised; float32 holding float16 values,
+        as the published infer.py extracts it in float16 (the pipeline then rounds it to bfloat16).
         With average_embeddings it is the batch average; photo_embedding is this photo's own.
     face_crop: 512x512x3 uint8 RGB parsed aligned face (always).
     reference_image: uint8 RGB image used as the identity reference: face_crop by default,
@@ -129,7 +130,7 @@ def extract_identity(
         emb = np.asarray(models.recognizer.get_feat(aligned_bgr), dtype=np.float32).reshape(-1)
 
     face_crop = parse_face(models.parser, aligned_bgr, models.device)
-    emb_t = torch.from_numpy(emb.copy())
+    emb_t = torch.from_numpy(emb.copy()).half().float()  # the published infer.py extracts faces in float16
     return FaceIdentity(
         id_embedding=emb_t,
         face_crop=face_crop,

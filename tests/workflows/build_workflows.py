@@ -46,7 +46,7 @@ load `t5xxl_fp16.safetensors` with the core **Load CLIP** node (type `sd3`) and 
 `clip` input (disconnect `t5`).
 
 Settings as the reference: 49 frames, 50 steps, cfg 6 with dynamic cfg. Width/height: multiples of 16;
-frames: 4k+1.
+frames: 8k+1 (9, 17, 25, 33, 41, 49).
 """
 UPSCALE_NOTE = ("- `models/upscale_models/RealESRGAN_x2plus.pth` (or any ESRGAN-type upscaler; pick it in "
                 "Load Upscale Model). 2x gives 1696 x 960 frames; a 4x model gives 3392 x 1920, about 3.8 GB "
