@@ -5,7 +5,7 @@ import torch
 
 from . import bridge
 from .bridge import io
-from .types import CompileSettings, Model, ModelBundle, Vae, VaeBundle
+from .types import Model, ModelBundle, Vae, VaeBundle
 
 CATEGORY = "EchoVideo"
 
@@ -71,15 +71,12 @@ class ModelLoader(io.ComfyNode):
                 io.Combo.Input("attention", options=available_attention(), default="sdpa",
                                tooltip="Attention backend. sdpa: PyTorch; comfy: ComfyUI's optimized attention "
                                        "(as launched); sage: SageAttention if installed."),
-                CompileSettings.Input("compile_settings", optional=True,
-                                      tooltip="Optional EchoVideo Compile Settings: torch.compile the DiT blocks "
-                                              "(first run compiles, slow; later runs faster)."),
             ],
             outputs=[Model.Output(display_name="model", tooltip="EchoVideo transformer.")],
         )
 
     @classmethod
-    def execute(cls, model_name, weight_dtype="default", attention="sdpa", compile_settings=None) -> io.NodeOutput:
+    def execute(cls, model_name, weight_dtype="default", attention="sdpa") -> io.NodeOutput:
         from echovideo.attention import get_attention
         from echovideo.checkpoint import load_transformer
         from echovideo.errors import EchoVideoInputError
@@ -95,10 +92,6 @@ class ModelLoader(io.ComfyNode):
         with named_errors("EchoVideo Model Loader", path, "the EchoVideo transformer"):
             model = load_transformer(path, weight_dtype=weight, compute_dtype=compute, operations=ops,
                                      device=bridge.offload_device("unet"), attention=attention)
-        if compile_settings is not None:
-            from .speed_nodes import apply_compile
-
-            apply_compile(model, compile_settings, device)
         patcher = bridge.wrap(model, kind="unet")
         return io.NodeOutput(ModelBundle(patcher=patcher, path=path, weight_dtype=weight, compute_dtype=compute))
 

@@ -94,7 +94,8 @@ class Sampler(io.ComfyNode):
             description="Denoises the video latents (CogVideoX DPM scheduler, v-prediction, classifier-free "
                         "guidance with EchoVideo's dynamic CFG). Output LATENT is [B, C, F, h, w].",
             inputs=[
-                Model.Input("model", tooltip="EchoVideo Model Loader output."),
+                Model.Input("model", tooltip="EchoVideo Model Loader output, or a Step Cache / Compile Settings "
+                                             "node's."),
                 Conditioning.Input("conditioning", tooltip="EchoVideo IITF Fusion output."),
                 ImageLatents.Input("image_latents", tooltip="EchoVideo Face Frame Encode output (sets size/length)."),
                 io.Int.Input("steps", default=50, min=1, max=500, tooltip="Denoising steps (reference: 50)."),
@@ -113,10 +114,13 @@ class Sampler(io.ComfyNode):
         from echovideo.memory import sampling_memory_bytes
         from echovideo.sampling import sample
 
+        from .speed_nodes import apply_compile
+
         dit = model.model
         use_cfg = cfg > 1.0
         lat = image_latents.latents
         _, frames, _, h, w = lat.shape
+        apply_compile(dit, getattr(model, "compile", None), model.device)  # before loading: compiled loads fully
         bridge.load_gpu(model.patcher, memory_required=sampling_memory_bytes(
             dit.config, frames, h, w, batch=2 if use_cfg else 1, dtype=model.compute_dtype))
         progress = bridge.Progress(int(steps))

@@ -16,7 +16,7 @@ from echovideo.step_cache import DEFAULT_THRESHOLD, DEFAULT_WARMUP_STEPS
 
 from . import bridge
 from .bridge import io
-from .types import CompileSettings, CompileSettingsData, Model, StepCacheSettings
+from .types import CompileSettingsData, Model, StepCacheSettings
 
 CATEGORY = "EchoVideo"
 BACKENDS = ["inductor", "aot_eager", "eager"]
@@ -44,13 +44,17 @@ def compile_problem(backend: str, device) -> str | None:
     return None
 
 
-def apply_compile(model, settings: CompileSettingsData, device, node: str = "EchoVideo Model Loader"):
-    """torch.compile each DiT block (lazy: compiles at the first sample)."""
-    from echovideo.compile import compile_blocks
+def apply_compile(model, settings, device, node: str = "EchoVideo Sampler"):
+    """The DiT's blocks compiled as `settings` asks (lazy: compiles at the first call), or eager when None."""
+    from echovideo.compile import compile_blocks, uncompile_blocks
 
+    if settings is None:
+        if getattr(model, "compiled_with", None) is not None:
+            uncompile_blocks(model)
+        return model
     problem = compile_problem(settings.backend, device)
     if problem:
-        raise RuntimeError(f"{node}: compile_settings: {problem}")
+        raise RuntimeError(f"{node}: compile: {problem}")
     return compile_blocks(model, backend=settings.backend, mode=settings.mode, dynamic=settings.dynamic)
 
 
@@ -61,11 +65,12 @@ class CompileSettingsNode(io.ComfyNode):
             node_id="EchoVideoCompileSettings",
             display_name="EchoVideo Compile Settings",
             category=CATEGORY,
-            description="torch.compile options for the EchoVideo Model Loader: compiles the repeated DiT block "
-                        "(one graph shared by all blocks), not the whole model. The first run compiles (slow, "
-                        "minutes); later runs at the same size are faster. inductor needs a working Triton on "
-                        "GPU, or a C++ compiler on CPU.",
+            description="torch.compile for the EchoVideo Sampler fed by this node's output: compiles the repeated "
+                        "DiT block (one graph shared by all blocks), not the whole model. The first run compiles "
+                        "(slow, minutes); later runs at the same size are faster. Changing these options does not "
+                        "reload the model. inductor needs a working Triton on GPU, or a C++ compiler on CPU.",
             inputs=[
+                Model.Input("model", tooltip="EchoVideo Model Loader (or Step Cache) output."),
                 io.Combo.Input("backend", options=BACKENDS, default="inductor",
                                tooltip="inductor: generated kernels (fastest; needs Triton on GPU, a C++ compiler "
                                        "on CPU). aot_eager / eager: no code generation (for checking, little gain)."),
@@ -76,18 +81,23 @@ class CompileSettingsNode(io.ComfyNode):
                                  tooltip="On: compile shape-generic kernels up front. Off: torch's default "
                                          "(specialize to the first size, go dynamic after a size change)."),
             ],
-            outputs=[CompileSettings.Output(display_name="compile_settings",
-                                            tooltip="Connect to the Model Loader's compile_settings input.")],
+            outputs=[Model.Output(display_name="model",
+                                  tooltip="The same model, compiled when the Sampler runs it.")],
         )
 
     @classmethod
-    def execute(cls, backend="inductor", mode="default", dynamic=False) -> io.NodeOutput:
+    def execute(cls, model, backend="inductor", mode="default", dynamic=False) -> io.NodeOutput:
         if backend not in BACKENDS:
-            raise ValueError(f"EchoVideo Compile Settings: backend {backend!r}; choose one of {BACKENDS}")
+            raise ValueError(f"EchoVideo Compile Settings: backend: got {backend!r}, needs one of {BACKENDS}")
         if mode not in MODES:
-            raise ValueError(f"EchoVideo Compile Settings: mode {mode!r}; choose one of {MODES}")
-        return io.NodeOutput(CompileSettingsData(backend=backend, mode=None if mode == "default" else mode,
-                                                 dynamic=True if dynamic else None))
+            raise ValueError(f"EchoVideo Compile Settings: mode: got {mode!r}, needs one of {MODES}")
+        problem = compile_problem(backend, model.device)
+        if problem:
+            raise RuntimeError(f"EchoVideo Compile Settings: backend: {problem}")
+        settings = CompileSettingsData(backend=backend, mode=None if mode == "default" else mode,
+                                       dynamic=True if dynamic else None)
+        # a copy: the cached loader output (shared with other branches) stays uncompiled
+        return io.NodeOutput(dataclasses.replace(model, compile=settings))
 
 
 class StepCacheNode(io.ComfyNode):
@@ -103,7 +113,7 @@ class StepCacheNode(io.ComfyNode):
                         "same for every checkpoint. Faster, slightly different video. Applies to the sampler fed "
                         "by this node's output only; off unless this node is in the graph.",
             inputs=[
-                Model.Input("model", tooltip="EchoVideo Model Loader output."),
+                Model.Input("model", tooltip="EchoVideo Model Loader (or Compile Settings) output."),
                 io.Float.Input("threshold", default=DEFAULT_THRESHOLD, min=0.0, max=1.0, step=0.005, round=0.001,
                                tooltip="Largest estimated relative error a skipped step may carry (0.05 = 5% of "
                                        "the transformer output). Higher = more steps skipped (faster) and more "

@@ -19,7 +19,6 @@ FaceEncoder = io.Custom("ECHOVIDEO_FACE_ENCODER")
 Identity = io.Custom("ECHOVIDEO_IDENTITY")
 Conditioning = io.Custom("ECHOVIDEO_CONDITIONING")
 ImageLatents = io.Custom("ECHOVIDEO_IMAGE_LATENTS")
-CompileSettings = io.Custom("ECHOVIDEO_COMPILE")
 
 
 @dataclass
@@ -47,6 +46,7 @@ class ModelBundle:
     weight_dtype: torch.dtype
     compute_dtype: torch.dtype
     step_cache: Optional["StepCacheSettings"] = None  # set on a copy by EchoVideo Step Cache
+    compile: Optional["CompileSettingsData"] = None  # set on a copy by EchoVideo Compile Settings
 
     @property
     def model(self):
@@ -64,7 +64,7 @@ class ModelBundle:
 
 @dataclass(frozen=True)
 class CompileSettingsData:
-    """ECHOVIDEO_COMPILE: torch.compile options for the repeated DiT block."""
+    """torch.compile options for the repeated DiT block (applied by the Sampler)."""
     backend: str = "inductor"
     mode: Optional[str] = None
     dynamic: Optional[bool] = None

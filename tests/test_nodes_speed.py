@@ -99,9 +99,9 @@ def test_new_nodes_documented():
         for o in s.outputs:
             assert o.tooltip
     assert [c.GET_SCHEMA().node_id for c in sp.NODES] == ["EchoVideoCompileSettings", "EchoVideoStepCache"]
-    comp = [i for i in mn.ModelLoader.GET_SCHEMA().inputs if i.id == "compile_settings"]
-    assert comp and comp[0].optional and comp[0].tooltip  # optional: existing workflows keep working
-    assert "compile_settings" in mn.ModelLoader.INPUT_TYPES()["optional"]
+    # compile is a model -> model node: changing its options re-runs the sampler, never the loader
+    assert [i.id for i in sp.CompileSettingsNode.GET_SCHEMA().inputs][0] == "model"
+    assert "compile_settings" not in str(mn.ModelLoader.INPUT_TYPES())
 
 
 def test_step_cache_threshold_zero_is_identical(env, reference, caches):
@@ -127,25 +127,32 @@ def test_no_step_cache_without_node(env, caches):
     assert caches == []
 
 
-def test_compiled_loader_matches_uncompiled(env, reference):
+def test_compile_node_matches_uncompiled_and_leaves_the_loader_output_eager(env, reference):
     torch._dynamo.reset()
     sp = mods()[2]
-    (settings,) = comfy_env.run_node(sp.CompileSettingsNode, backend="aot_eager", mode="default", dynamic=False)
-    assert settings.backend == "aot_eager" and settings.mode is None and settings.dynamic is None
-    model = load(compile_settings=settings)
-    assert model.model.compiled_with == "aot_eager"
-    assert all(b._compiled_call_impl is not None for b in model.model.transformer_blocks)
-    torch.testing.assert_close(sample(model, env), reference, rtol=1e-5, atol=1e-5)
+    base = load()
+    (compiled,) = comfy_env.run_node(sp.CompileSettingsNode, model=base, backend="aot_eager", mode="default",
+                                     dynamic=False)
+    assert compiled.compile.backend == "aot_eager" and compiled.compile.mode is None and compiled.compile.dynamic is None
+    assert base.compile is None and compiled.patcher is base.patcher  # a copy; the loader output is unchanged
+    blocks = compiled.model.transformer_blocks
+    assert all(b._compiled_call_impl is None for b in blocks)  # compiled when the sampler runs it
+    torch.testing.assert_close(sample(compiled, env), reference, rtol=1e-5, atol=1e-5)
+    assert compiled.model.compiled_with == "aot_eager" and all(b._compiled_call_impl is not None for b in blocks)
+    # the same loaded model sampled without the node runs eager again
+    torch.testing.assert_close(sample(base, env), reference, rtol=0, atol=0)
+    assert base.model.compiled_with is None and all(b._compiled_call_impl is None for b in blocks)
     torch._dynamo.reset()
 
 
 def test_inductor_without_compiler_says_why(env, monkeypatch):
     sp = mods()[2]
     monkeypatch.setattr(sp.shutil, "which", lambda name: None)
-    (settings,) = comfy_env.run_node(sp.CompileSettingsNode, backend="inductor", mode="default", dynamic=True)
-    assert settings.dynamic is True
-    with pytest.raises(RuntimeError, match="Model Loader: compile_settings: .*C\\+\\+ compiler"):
-        load(compile_settings=settings)
+    with pytest.raises(RuntimeError, match="Compile Settings: backend: .*C\\+\\+ compiler"):
+        comfy_env.run_node(sp.CompileSettingsNode, model=load(), backend="inductor", mode="default", dynamic=True)
+    (eager,) = comfy_env.run_node(sp.CompileSettingsNode, model=load(), backend="aot_eager", mode="default",
+                                  dynamic=True)
+    assert eager.compile.dynamic is True
     assert sp.compile_problem("aot_eager", "cuda") is None
 
 

@@ -120,7 +120,7 @@ def ui_workflow(kind, title, oi):
                     values.append("image")
                 continue
             if name not in ins and optional and spec[0].startswith("ECHOVIDEO_"):
-                continue  # unlinked pack-only sockets (e.g. compile_settings): the editor adds them
+                continue  # unlinked optional sockets: the editor adds them
             slot = {"name": name, "type": spec[0], "link": None}
             if optional:
                 slot["shape"] = 7
