@@ -10,5 +10,5 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 reqs=(-r requirements.txt)
 [ "${1:-}" = "--test" ] && reqs+=(-r requirements-test.txt)
-# torch is pinned as installed so nothing replaces it
-.venv/bin/python -m pip install -q "${reqs[@]}" torch==2.14.1 torchvision==0.29.1
+# torch is pinned as installed so nothing replaces it; constraints.txt holds the tested versions of the rest
+.venv/bin/python -m pip install -q "${reqs[@]}" -c constraints.txt torch==2.14.1 torchvision==0.29.1

@@ -23,6 +23,13 @@ def pytest_configure(config):
         raise pytest.UsageError(str(e)) from None
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test that reads a golden file carries the `golden` marker, so `-m golden` selects all of them and
+    `-m "not golden"` none."""
+    for item in items:
+        if "golden" in getattr(item, "fixturenames", ()) and item.get_closest_marker("golden") is None:
+            item.add_marker(pytest.mark.golden)
+
 
 @pytest.fixture(autouse=True)
 def restore_torch_threads():

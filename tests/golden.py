@@ -6,7 +6,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-DEFAULT_GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "echovideo_tiny.safetensors"
+# the workplace's shared folder: beside this repository's folder, else at its fixed place (a clone elsewhere)
+SHARED_CANDIDATES = (Path(__file__).resolve().parents[1].parent / "shared", Path("/work/shared"))
+SHARED = next((c for c in SHARED_CANDIDATES if (c / "golden").is_dir()), SHARED_CANDIDATES[0])
+DEFAULT_GOLDEN = SHARED / "golden" / "echovideo_tiny.safetensors"
 LAYOUT_FILE = DEFAULT_GOLDEN.parent / "echovideo_transformer_layout.json"
 ENV_VAR = "ECHOVIDEO_GOLDEN"
 

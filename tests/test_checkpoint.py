@@ -179,3 +179,16 @@ def test_mixed_dtype_file_loads_in_its_main_dtype(tmp_path):
     assert loaded.weight_dtype == torch.float8_e4m3fn
     assert all(p.dtype == torch.float8_e4m3fn for p in loaded.parameters())
     assert checkpoint.main_stored_dtype({"a": ((10, 10), torch.bfloat16), "b": ((3,), torch.float32)}) == torch.bfloat16
+
+
+@pytest.mark.parametrize("prefix", checkpoint.KEY_PREFIXES)
+def test_prefixed_keys_load(tmp_path, prefix):
+    """Files saved by ComfyUI (model.diffusion_model.) or other tools keep a prefix on every key."""
+    from echovideo import tiny
+
+    model = tiny.tiny_dit(tiny.PRESETS["shared"])
+    state = {prefix + k: v.contiguous() for k, v in model.state_dict().items()}
+    path = str(tmp_path / "prefixed.safetensors")
+    save_file(state, path, metadata={"config": json.dumps(model.config.to_dict()), "format": "pt"})
+    loaded = checkpoint.load_transformer(path)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())

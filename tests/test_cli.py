@@ -24,11 +24,12 @@ def tiny_args(root, out, *extra):
 def test_cli_writes_mp4(tiny_models, tmp_path):
     import av
     out = tmp_path / "tiny.mp4"
-    cli.main(tiny_args(tiny_models, out))
+    cli.main(tiny_args(tiny_models, out, "--fps", "12"))
     with av.open(str(out)) as c:
         stream = c.streams.video[0]
         frames = list(c.decode(stream))
-    assert len(frames) == 9 and (stream.width, stream.height) == (64, 64)
+        rate = stream.average_rate
+    assert len(frames) == 9 and (stream.width, stream.height) == (64, 64) and rate == 12
 
 
 def test_cli_refuses_bad_size_and_missing_model(tiny_models, tmp_path, capsys):

@@ -1,6 +1,6 @@
 """End to end in a real, headless ComfyUI (CPU): the pack imports, every node is served, each tiny twin
 (tests/workflows/*_tiny_api.json) runs through the HTTP API and writes its video, bad inputs give a clear
-error and the next prompt still runs. Uses <repo>/../shared/tools/comfyui-run-workflow (one server start)."""
+error and the next prompt still runs. Uses the shared folder's tools/comfyui-run-workflow (one server start; COMFYUI_RUN_WORKFLOW overrides)."""
 import copy
 import json
 import os
@@ -12,16 +12,18 @@ import pytest
 
 import comfy_env
 import make_tiny_models
+from golden import SHARED
 
 REPO = comfy_env.REPO
-TOOL = os.path.join(os.path.dirname(REPO), "shared", "tools", "comfyui-run-workflow")
+TOOL = os.environ.get("COMFYUI_RUN_WORKFLOW") or str(SHARED / "tools" / "comfyui-run-workflow")
 TWIN_DIR = os.path.join(REPO, "tests", "workflows")
 TWINS = sorted(f for f in os.listdir(TWIN_DIR) if f.endswith("_tiny_api.json"))
 sys.path.insert(0, TWIN_DIR)
 import nodeinfo  # noqa: E402
 
 pytestmark = comfy_env.requires_comfyui + [
-    pytest.mark.skipif(not os.path.isfile(TOOL), reason=f"needs {TOOL} (the shared comfyui-run-workflow tool)")]
+    pytest.mark.skipif(not os.path.isfile(TOOL), reason=f"needs {TOOL} (the shared comfyui-run-workflow tool; or set "
+                                                   "COMFYUI_RUN_WORKFLOW to its path)")]
 
 
 def load(name):

@@ -246,8 +246,12 @@ def test_to_uint8_rgb_round_trips_comfy_floats():
 
 
 def test_resize_long_side_as_published():
-    out = F.resize_long_side(noise(1001, 1500))
+    img = noise(1001, 1500)
+    out = F.resize_long_side(img)
     assert out.shape == (int(1001 * 1024 / 1500), 1024, 3)
+    size = (1024, int(1001 * 1024 / 1500))
+    assert np.array_equal(out, cv2.resize(img, size, interpolation=cv2.INTER_LANCZOS4))  # the published filter
+    assert not np.array_equal(out, cv2.resize(img, size, interpolation=cv2.INTER_LINEAR))
     small = noise(100, 200)
     assert F.resize_long_side(small) is small
 
@@ -261,6 +265,33 @@ def test_load_image_file_applies_exif(tmp_path):
     path = tmp_path / "rot.jpg"
     im.save(path, exif=exif)
     assert F.load_image_file(str(path)).shape == (80, 40, 3)
+
+
+def test_every_published_background_label_is_blackened():
+    """The published utils.py blackens BiSeNet labels [0, 16, 18, 7, 8, 9, 14, 15] and keeps the rest."""
+    from facexlib.parsing.bisenet import BiSeNet
+
+    published = {0, 16, 18, 7, 8, 9, 14, 15}
+    aligned = noise(32, 32, seed=3)
+    net = BiSeNet(num_class=19).eval()
+    for label in range(19):
+        net.load_state_dict(bisenet_state_dict(label))
+        out = F.parse_face(net, aligned)
+        assert (out.max() == 0) == (label in published), f"label {label}"
+
+
+def test_retinaface_runs_with_facexlib_threshold():
+    """facexlib's FaceRestoreHelper.get_face_landmarks_5 calls detect_faces(image, 0.97); the fallback too."""
+    seen = []
+
+    class Net:
+        def detect_faces(self, image, threshold):
+            seen.append(threshold)
+            return np.zeros((0, 15), np.float32)
+
+    from echovideo.face.detect import RetinaFaceDetector
+
+    assert RetinaFaceDetector(Net()).detect(noise(16, 16)) == [] and seen == [0.97]
 
 
 def test_parse_labels(tiny_dirs):

@@ -206,28 +206,6 @@ def test_unload_hook_releases_face_models(bridge, monkeypatch):
     assert released == [1]
 
 
-IMPORT_RE = r"^\s*(from|import)\s+(comfy\b|comfy_api\b|comfy_extras\b|folder_paths\b|latent_preview\b|nodes\b|server\b|execution\b)"
-
-
-def test_only_bridge_imports_comfyui():
-    """echovideo/ never imports ComfyUI; in nodes/ only bridge.py does (runs without ComfyUI)."""
-    import re
-
-    offenders = []
-    for top, allowed in (("echovideo", ()), ("nodes", ("bridge.py",)), (".", ())):
-        base = os.path.join(comfy_env.REPO, top)
-        walk = [(base, [], [f for f in os.listdir(base) if f.endswith(".py")])] if top == "." else os.walk(base)
-        for root, _, files in walk:
-            for f in files:
-                if not f.endswith(".py") or f in allowed:
-                    continue
-                path = os.path.join(root, f)
-                for n, line in enumerate(open(path, encoding="utf-8"), 1):
-                    if re.match(IMPORT_RE, line):
-                        offenders.append(f"{os.path.relpath(path, comfy_env.REPO)}:{n}: {line.strip()}")
-    assert not offenders, offenders
-
-
 def test_entrypoint_lists_documented_nodes():
     import asyncio
 

@@ -76,6 +76,22 @@ def test_chain_equals_library_pipeline(env):
     assert out["crops"].shape == (1, 512, 512, 3)
 
     ident = out["identity"]
+    # each stage's output equals the library's from the same inputs (the tiny DiT barely reacts to its context,
+    # so a wiring mistake, e.g. the positive text in the negative branch, would hide in the frames)
+    from echovideo import text as text_lib
+    from echovideo import vae as vae_lib
+
+    t5 = out["t5"]
+    assert torch.equal(out["text"].positive, text_lib.encode_prompt(unwrap(t5.patcher), t5.tokenizer,
+                                                                    "a man smiles at the camera"))
+    assert torch.equal(out["text"].negative, text_lib.encode_prompt(unwrap(t5.patcher), t5.tokenizer, ""))
+    face_pos, face_neg = pipeline.face_tokens_pair(unwrap(out["enc"].siglip), ident.face_crop.numpy())
+    cond = pipeline.fuse_conditioning(out["model"].model, out["text"].positive, out["text"].negative, face_pos,
+                                      face_neg, ident.id_embedding)
+    assert torch.equal(out["cond"].positive, cond.positive) and torch.equal(out["cond"].negative, cond.negative)
+    assert not torch.equal(cond.positive, cond.negative)
+    image_latents = vae_lib.encode_face_frame(out["vae"].vae, ident.face_crop.numpy(), W, H, FRAMES)
+    assert torch.equal(out["img_lat"].latents, image_latents)
     want = pipeline.generate(out["model"].model, out["vae"].vae, unwrap(out["enc"].siglip),
                              out["text"].positive, out["text"].negative, ident.face_crop.numpy(),
                              ident.id_embedding, W, H, FRAMES, steps=STEPS, guidance_scale=6.0, dynamic_cfg=True,

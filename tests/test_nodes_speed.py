@@ -196,6 +196,26 @@ def test_sampler_runs_on_the_load_device_not_the_first_weights(env, monkeypatch)
     assert seen["device"] == model.patcher.load_device == model.device
 
 
+@pytest.mark.parametrize("cfg, batch", [(6.0, 2), (1.0, 1)])
+def test_sampler_asks_comfy_for_its_peak_memory(env, monkeypatch, cfg, batch):
+    """The Sampler's memory request is the memory plan's estimate for its batch (both CFG branches at once)."""
+    from echovideo.memory import sampling_memory_bytes
+
+    _, sn, _, _ = mods()
+    bridge = comfy_env.pack_module("nodes.bridge")
+    model = load()
+    asked = []
+    real = bridge.load_gpu
+    monkeypatch.setattr(bridge, "load_gpu", lambda p, memory_required=0: (asked.append(memory_required), real(p))[1])
+    cond, img = inputs(env)
+    comfy_env.run_node(sn.Sampler, model=model, conditioning=cond, image_latents=img, steps=1, cfg=cfg,
+                       dynamic_cfg=True, seed=5)
+    _, frames, _, h, w = img.latents.shape
+    assert asked == [sampling_memory_bytes(model.config, frames, h, w, batch=batch, dtype=model.compute_dtype)]
+    assert sampling_memory_bytes(model.config, frames, h, w, batch=2, dtype=model.compute_dtype) > \
+        sampling_memory_bytes(model.config, frames, h, w, batch=1, dtype=model.compute_dtype)
+
+
 def test_dit_modules_all_support_partial_loading(env):
     """Every module with its own weights is a comfy.ops layer (ModelPatcher can leave it on the offload
     device and cast it per call) -- except IdentityResampler.latents: a parameter of a non-leaf module,

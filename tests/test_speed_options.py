@@ -87,6 +87,7 @@ def test_step_cache_default_skips_and_stays_close():
     cached = run(cache)
     assert plain.calls / cache.calls >= 1.5, (plain.calls, cache.calls)
     assert cache.calls + cache.skipped == 50
+    assert 49 not in {step for step, _ in cache.estimates}  # the last step is always a full evaluation
     dev = ((cached - base).abs().max() / base.abs().max()).item()
     print(f"step cache: {cache.calls} DiT calls of 50, max deviation {dev:.2e} of scale")
     assert dev < 0.01
@@ -257,3 +258,23 @@ def test_sampled_latents_are_ordinary_tensors():
     latents = run(None)
     assert not latents.is_inference()
     latents.mul_(2)
+
+
+def test_block_swap_moves_only_the_swapped_blocks_around_their_call():
+    """Each of the last N blocks goes to the compute device right before it runs and back right after; the
+    others stay. ("cpu:0" and "cpu" are the same memory but different device objects, so the moves show.)"""
+    model = tiny.tiny_dit(tiny.PRESETS["shared"])
+    n = len(model.transformer_blocks)
+    moves = []
+    for i, block in enumerate(model.transformer_blocks):
+        def recorded_to(*args, _i=i, _to=block.to, **kwargs):
+            moves.append((_i, str(args[0])))
+            return _to(*args, **kwargs)
+        block.to = recorded_to
+    swap = enable_block_swap(model, blocks_on_offload=1, device="cpu:0", offload_device="cpu")
+    assert moves == [(i, "cpu:0") for i in range(n - 1)] + [(n - 1, "cpu")]
+    moves.clear()
+    c = model.config
+    x = torch.randn(1, 2, c.in_channels, 8, 8)
+    model(x, torch.randn(1, 16, c.text_embed_dim), torch.tensor([500.0]))
+    assert moves == [(n - 1, "cpu:0"), (n - 1, "cpu")] and swap.first_swapped == n - 1

@@ -131,3 +131,17 @@ def test_tiling_settings_do_not_leak_between_calls():
     vae.disable_tiling()
     untiled = vae.encode(vae_lib.first_frame_pixels(face, 64, 64).unsqueeze(2)).latent_dist.mode()
     assert torch.equal(untiled * vae.config.scaling_factor, before[:, 0].unsqueeze(2))
+
+
+@pytest.mark.parametrize("width, height, shape, top, left", [
+    (96, 64, (8, 12), 0, 1),   # wider video: m = 8 -> 8 x int(8 * 1.5), left pad (12 - 10) // 2
+    (64, 96, (12, 10), 2, 0),  # taller video: int(8 / (2 / 3)) = 12 rows, width kept at 10, top pad 2
+    (64, 64, (8, 10), 0, 0),   # square video: each side at least the face's, no padding
+])
+def test_pad_to_aspect_rule(width, height, shape, top, left):
+    """The golden README's rule: min side m; m x int(m r) if r > 1 else int(m / r) x m; top/left pad // 2."""
+    face = np.full((8, 10, 3), 200, np.uint8)
+    out = vae_lib.pad_to_aspect(face, width, height)
+    assert out.shape == (*shape, 3)
+    assert (out[top:top + 8, left:left + 10] == 200).all()
+    assert out.sum() == face.sum()  # everything else black

@@ -1,0 +1,37 @@
+"""The dependency files agree: pyproject's dependencies are requirements.txt's, and every requirement has a
+tested pin in constraints.txt that satisfies its range."""
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml with tomllib")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def requirement_lines(name):
+    lines = (ROOT / name).read_text().splitlines()
+    return [Requirement(line.split("#")[0].strip()) for line in lines if line.split("#")[0].strip()]
+
+
+def pins():
+    return {canonicalize_name(r.name): next(iter(r.specifier)).version for r in requirement_lines("constraints.txt")}
+
+
+def test_pyproject_dependencies_are_requirements_txt():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert sorted(map(str, map(Requirement, project["dependencies"]))) == \
+        sorted(map(str, requirement_lines("requirements.txt")))
+
+
+def test_every_requirement_has_a_tested_pin_in_its_range():
+    pinned = pins()
+    for file in ("requirements.txt", "requirements-test.txt"):
+        for req in requirement_lines(file):
+            name = canonicalize_name(req.name)
+            assert name in pinned, f"{file}: {req.name} has no version in constraints.txt"
+            assert req.specifier.contains(pinned[name], prereleases=True), \
+                f"{file}: {req} but constraints.txt pins {pinned[name]}"
+    assert not {"torch", "torchvision"} & set(pinned)  # setup_env.sh pins those (ComfyUI owns them)
