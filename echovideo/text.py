@@ -61,7 +61,8 @@ def tokenize(tokenizer, prompt: Union[str, Sequence[str]], max_length: int = MAX
 
 def truncated_parts(tokenizer, prompts: Sequence[str], max_length: int = MAX_LENGTH) -> List[str]:
     """The text each over-long prompt loses to truncation (as the reference pipeline reports it)."""
-    full = tokenizer(list(prompts), padding=False, truncation=False, add_special_tokens=True).input_ids
+    full = tokenizer(list(prompts), padding=False, truncation=False, add_special_tokens=True,
+                     verbose=False).input_ids  # verbose=False: no "longer than the maximum" notice of its own
     # the kept ids end with EOS at max_length - 1; the full ids end with EOS too
     return [tokenizer.decode(ids[max_length - 1:-1]) for ids in full if len(ids) > max_length]
 

@@ -15,11 +15,14 @@ def decoded_frame_count(num_frames: int) -> int:
 def _size_rules(width, height, num_frames, exact_frames):
     """(holds, argument, got, needs) for each size rule."""
     four_k_plus_1 = isinstance(num_frames, int) and num_frames >= 1 and (num_frames - 1) % TEMPORAL_COMPRESSION == 0
-    rules = [(four_k_plus_1, "num_frames", num_frames, "4k+1 frames (e.g. 9, 25, 49)")]
-    if exact_frames and four_k_plus_1:
-        rules.append((decoded_frame_count(num_frames) == num_frames, "num_frames", num_frames,
-                      "8k+1 frames (9, 17, 25, 33, 41, 49): the VAE decodes latent frames in pairs, so "
-                      f"{num_frames} would come out as {decoded_frame_count(num_frames)} frames"))
+    if not exact_frames:
+        rules = [(four_k_plus_1, "num_frames", num_frames, "4k+1 frames (e.g. 9, 25, 49)")]
+    elif not four_k_plus_1:
+        rules = [(False, "num_frames", num_frames, "8k+1 frames (9, 17, 25, 33, 41, 49)")]
+    else:
+        rules = [(decoded_frame_count(num_frames) == num_frames, "num_frames", num_frames,
+                  "8k+1 frames (9, 17, 25, 33, 41, 49): the VAE decodes latent frames in pairs, so "
+                  f"{num_frames} would come out as {decoded_frame_count(num_frames)} frames")]
     rules += [
         (isinstance(height, int) and height >= 16 and height % 16 == 0, "height", height,
          "a positive multiple of 16 (e.g. 480)"),

@@ -18,8 +18,14 @@ MAX_FRAMES = 257
 
 
 def size_problem(width, height, num_frames):
-    """None, or one message naming every size input the model cannot take (ComfyUI shows it on each)."""
-    return "; ".join(video_size_problems(width, height, num_frames, exact_frames=True)) or None
+    """None, or one message naming every size input the model cannot take (ComfyUI shows it on each; with
+    validate_inputs ComfyUI skips the widgets' own min/max checks, so the maxima are checked here too)."""
+    problems = video_size_problems(width, height, num_frames, exact_frames=True)
+    for name, value, most in (("width", width, MAX_SIZE), ("height", height, MAX_SIZE),
+                              ("num_frames", num_frames, MAX_FRAMES)):
+        if isinstance(value, int) and value > most:
+            problems.append(f"{name}: got {value}, needs at most {most}")
+    return "; ".join(problems) or None
 
 
 class FaceFrameEncode(io.ComfyNode):
@@ -176,6 +182,8 @@ class VAEDecode(io.ComfyNode):
         """A bad tile size is refused when the prompt is queued, not after sampling."""
         if tile_size is None or tile_size == 0:
             return True
+        if isinstance(tile_size, int) and tile_size > MAX_SIZE:  # ComfyUI skips the widget's max check here
+            return f"tile_size: got {tile_size}, needs at most {MAX_SIZE} (or 0 for the VAE's default)"
         try:
             check_tile_size(tile_size)
         except EchoVideoInputError as e:

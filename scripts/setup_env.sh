@@ -11,4 +11,10 @@ PY=${PYTHON:-python3}
 reqs=(-r requirements.txt)
 [ "${1:-}" = "--test" ] && reqs+=(-r requirements-test.txt)
 # torch is pinned as installed so nothing replaces it; constraints.txt holds the tested versions of the rest
-.venv/bin/python -m pip install -q "${reqs[@]}" -c constraints.txt torch==2.14.1 torchvision==0.29.1
+# (made on Python 3.11: older Pythons get the newest versions in requirements.txt's ranges instead)
+cons=(-c constraints.txt)
+if ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "note: Python older than 3.11: installing without constraints.txt (untested versions)" >&2
+  cons=()
+fi
+.venv/bin/python -m pip install -q "${reqs[@]}" ${cons[@]+"${cons[@]}"} torch==2.14.1 torchvision==0.29.1

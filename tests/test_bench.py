@@ -53,7 +53,7 @@ def test_valid_options_reach_the_models(no_models):
 
 
 @pytest.mark.parametrize("option, value, says", [
-    ("--threads", "0", "at least 1"), ("--frames", "0", "4k+1"), ("--frames", "10", "4k+1"),
+    ("--threads", "0", "at least 1"), ("--frames", "0", "8k+1"), ("--frames", "10", "8k+1"),
     ("--steps", "0", "at least 1"), ("--step-cache", "-0.1", "from 0 to 1"), ("--step-cache", "1.5", "from 0 to 1"),
     ("--tile-size", "0", "at least 64"), ("--tile-size", "48", "at least 64"), ("--tile-size", "100", "multiple of 16"),
     ("--seed", "-1", "seed range"), ("--compile", "nope", "inductor"),

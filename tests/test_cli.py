@@ -35,7 +35,7 @@ def test_cli_writes_mp4(tiny_models, tmp_path):
 def test_cli_refuses_bad_size_and_missing_model(tiny_models, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(tiny_args(tiny_models, tmp_path / "x.mp4", "--frames", "10"))
-    assert exit_info.value.code == 2 and "--frames: got 10, needs 4k+1" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--frames: got 10, needs 8k+1" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="diffusion_models model 'nope.safetensors' not found"):
         cli.main(tiny_args(tiny_models, tmp_path / "x.mp4", "--dit", "nope.safetensors"))
 
@@ -58,7 +58,7 @@ def test_valid_options_reach_the_model_paths(tmp_path):
     ("--cfg", "-3", "1.0 turns guidance off"), ("--cfg", "0.5", "at least 1.0"), ("--cfg", "nan", "at least 1.0"),
     ("--step-cache", "-1", "from 0 to 1"), ("--step-cache", "1.5", "from 0 to 1"), ("--steps", "0", "at least 1"),
     ("--device", "cdua", "torch device"), ("--device", "cuda:99", "CUDA devices"),
-    ("--frames", "10", "4k+1"), ("--frames", "0", "4k+1"), ("--frames", "13", "so 13 would come out as 16 frames"),
+    ("--frames", "10", "8k+1"), ("--frames", "0", "8k+1"), ("--frames", "13", "so 13 would come out as 16 frames"),
     ("--width", "100", "multiple of 16"),
     ("--height", "0", "multiple of 16"), ("--face-index", "-1", "largest face"), ("--seed", str(2 ** 64), "64-bit"),
     ("--image", "missing.png", "existing image"), ("--tokenizer", "missing", "existing tokenizer"),

@@ -40,7 +40,7 @@ def bad_prompts():
     base = load("echovideo_faceid_t2v_tiny_api.json")
     out = []
     for name, (ct, key, value), want in [
-            ("bad_frames", ("EchoVideoFaceFrameEncode", "num_frames", 10), "num_frames: got 10, needs 4k+1"),
+            ("bad_frames", ("EchoVideoFaceFrameEncode", "num_frames", 10), "num_frames: got 10, needs 8k+1"),
             ("bad_width", ("EchoVideoFaceFrameEncode", "width", 72), "width: got 72, needs a positive multiple of 16"),
             ("missing_model", ("EchoVideoModelLoader", "model_name", "missing_echo.safetensors"),
              "missing_echo.safetensors")]:

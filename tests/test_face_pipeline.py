@@ -83,10 +83,16 @@ def test_broken_model_file_names_file_and_fix(tmp_path, tiny_dirs, which, what):
 
 def test_replaced_model_file_is_loaded_again(tmp_path, tiny_dirs):
     paths = _copy_face_dirs(tiny_dirs, tmp_path)
+    torch.save(bisenet_state_dict(label=1), paths.bisenet)  # both versions written alike: the same size
     first = F.load_face_models(paths)
     assert F.load_face_models(paths) is first
-    torch.save(bisenet_state_dict(label=2), paths.bisenet)
-    os.utime(paths.bisenet, ns=(1, 1))  # a different stamp even within the clock's resolution
+    stat = os.stat(paths.bisenet)
+    (tmp_path / "new").mkdir()
+    replacement = str(tmp_path / "new" / os.path.basename(paths.bisenet))
+    torch.save(bisenet_state_dict(label=2), replacement)
+    os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # mtime set back, as cp -p / rsync -t do
+    os.replace(replacement, paths.bisenet)
+    assert os.stat(paths.bisenet).st_size == stat.st_size and os.stat(paths.bisenet).st_mtime_ns == stat.st_mtime_ns
     second = F.load_face_models(paths)
     assert second is not first
     old, new = first.parser.state_dict(), second.parser.state_dict()

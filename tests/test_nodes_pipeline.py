@@ -153,7 +153,7 @@ def test_bad_inputs_give_clear_errors(env):
     sn = comfy_env.pack_module("nodes.sampling_nodes")
     mn = comfy_env.pack_module("nodes.model_nodes")
     fn = comfy_env.pack_module("nodes.face_nodes")
-    assert "4k+1" in sn.FaceFrameEncode.validate_inputs(width=64, height=64, num_frames=10)
+    assert "needs 8k+1 frames (9, 17" in sn.FaceFrameEncode.validate_inputs(width=64, height=64, num_frames=10)
     assert "multiple of 16" in sn.FaceFrameEncode.validate_inputs(width=70, height=64, num_frames=9)
     assert sn.FaceFrameEncode.validate_inputs(width=64, height=64, num_frames=9) is True
     both = sn.FaceFrameEncode.validate_inputs(width=70, height=64, num_frames=10)  # every problem at once
@@ -163,6 +163,10 @@ def test_bad_inputs_give_clear_errors(env):
     for bad in (16, 48, 72):
         assert "tile_size: got %d, needs a multiple of 16, at least 64" % bad in sn.VAEDecode.validate_inputs(tile_size=bad)
     assert sn.VAEDecode.validate_inputs(tile_size=0) is True and sn.VAEDecode.validate_inputs(tile_size=64) is True
+    # with validate_inputs ComfyUI skips the widgets' max checks: the nodes check the maxima themselves
+    assert "tile_size: got 4096, needs at most 2048" in sn.VAEDecode.validate_inputs(tile_size=4096)
+    big = sn.FaceFrameEncode.validate_inputs(width=4096, height=64, num_frames=265)
+    assert "width: got 4096, needs at most 2048" in big and "num_frames: got 265, needs at most 257" in big
     # an attention backend that is not installed is named as such, before (and not blamed on) the model file
     import sys
 

@@ -39,7 +39,7 @@ def test_images_layout(vae):
     assert frames.shape == (9, 64, 64, 3) and frames.min() >= 0 and frames.max() <= 1
 
 
-@pytest.mark.parametrize("num_frames", [1, 5, 9, 13, 17])
+@pytest.mark.parametrize("num_frames", [1, 5, 9, 13, 17, 21, 25, 29, 33, 45, 49])
 def test_decoded_frame_count_is_what_the_vae_returns(vae, num_frames):
     from echovideo.video import check_video_size, decoded_frame_count, latent_frames
 

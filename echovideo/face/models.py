@@ -123,9 +123,10 @@ class FaceModels:
 
 
 def _file_stamp(path: str) -> tuple:
-    """(size, mtime): a file replaced on disk is loaded again instead of served from the cache."""
+    """A file replaced on disk is loaded again instead of served from the cache: a new inode, size or change
+    time (ctime moves on every write or rename and, unlike mtime, cannot be set back by cp -p or rsync -t)."""
     st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _load_named(build, path: str, what: str, *args):
