@@ -53,10 +53,10 @@ def vae_chunk_cache_bytes(height, width, act_bytes=2):
         return tuple(_tensor_bytes(vae.decoder(z)[1], act_bytes) for vae in (stock, ours))
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--markdown", action="store_true")
-    args = ap.parse_args()
+    ap.add_argument("--markdown", action="store_true", help="also print the README's tables")
+    args = ap.parse_args(argv)
     cfg = RELEASED_CONFIG
     n, block = weight_bytes()
     print(f"parameters: {n:,} ({n / 1e9:.2f} B); one block: {block:,}")
@@ -86,6 +86,24 @@ def main():
             need = total + act
             fits = ", ".join(f"{g} GB" for g in (12, 16, 24, 80) if need * GIB < g * 1e9 * 0.9) or "none (offload)"
             print(f"| {name} | {total:.1f} GiB | {need:.1f} GiB | {fits} |")
+        print("\n| HxWxframes | tokens | block b=2 | block b=1 | flash attn b=2 | math attn b=2 |")
+        print("|---|---|---|---|---|---|")
+        for h, w, f in RESOLUTIONS:
+            s = video_tokens(cfg, h, w, f)
+            print(f"| {h}x{w}x{f} | {s:,} | {block_activation_bytes(cfg, s, 2) / GIB:.2f} GiB | "
+                  f"{block_activation_bytes(cfg, s, 1) / GIB:.2f} GiB | {attention_bytes(cfg, s, 2) / GIB:.2f} GiB | "
+                  f"{attention_bytes(cfg, s, 2, materialised=True) / GIB:.1f} GiB |")
+        print("\n| decode of | stock diffusers | this project |")
+        print("|---|---|---|")
+        sizes = []  # a size and its transpose share a row (the same memory)
+        for h, w, _ in RESOLUTIONS:
+            if (h, w) not in sizes and (w, h) not in sizes:
+                sizes.append((h, w))
+        for h, w in sizes + [tile]:
+            stock, ours = vae_chunk_cache_bytes(h, w)
+            label = (f"one default tile ({h}x{w})" if (h, w) == tile
+                     else f"{h}x{w}, untiled" if h == w else f"{h}x{w} or {w}x{h}, untiled")
+            print(f"| {label} | {stock / GIB:.2f} GiB | {ours / GIB:.2f} GiB |")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,41 @@ def test_cli_writes_mp4(tiny_models, tmp_path):
     assert len(frames) == 9 and (stream.width, stream.height) == (64, 64) and rate == 12
 
 
+def test_options_reach_the_generation(tiny_models, tmp_path, monkeypatch):
+    """What the options turn into: both prompts encoded, guidance and dynamic CFG, the CPU default dtype (fp32),
+    and a lossless .webp written at the asked frame rate with rounded pixel values."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from echovideo import pipeline, text
+
+    prompts, seen = [], {}
+    encode = text.encode_prompt
+
+    def recording_encode(encoder, tokenizer, prompt, *a, **kw):
+        prompts.append(prompt)
+        return encode(encoder, tokenizer, prompt, *a, **kw)
+
+    def recording_generate(dit, vae, siglip_model, text_pos, text_neg, *a, **kw):
+        seen.update(kw, dit_dtype=dit.compute_dtype, negative=text_neg)
+        return torch.arange(9.0).div(8).reshape(9, 1, 1, 1).expand(9, 64, 64, 3)  # frame i: i / 8
+
+    monkeypatch.setattr(text, "encode_prompt", recording_encode)
+    monkeypatch.setattr(pipeline, "generate", recording_generate)
+    out = tmp_path / "tiny.webp"
+    cli.main(tiny_args(tiny_models, out, "--negative-prompt", "blurry", "--cfg", "1", "--no-dynamic-cfg",
+                       "--fps", "8"))
+    assert prompts == ["a person waves", "blurry"]
+    assert seen["guidance_scale"] == 1.0 and seen["dynamic_cfg"] is False and seen["dit_dtype"] == torch.float32
+    with Image.open(out) as webp:
+        assert webp.n_frames == 9
+        webp.seek(1)
+        webp.load()
+        assert webp.info["duration"] == 125  # 1000 ms / 8 fps
+        assert np.asarray(webp.convert("RGB"))[0, 0].tolist() == [32] * 3  # 255 / 8 = 31.875 rounds to 32
+
+
 def test_cli_refuses_bad_size_and_missing_model(tiny_models, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(tiny_args(tiny_models, tmp_path / "x.mp4", "--frames", "10"))

@@ -119,6 +119,11 @@ def test_no_fp16_compute_by_default_on_gpus_without_bf16(bridge, monkeypatch, ca
     with caplog.at_level("WARNING"):
         assert bridge.dit_dtypes("default", gpu) == (torch.float16, torch.float16)
     assert "overflow" in caplog.text
+    monkeypatch.setattr(args, "fp16_unet", False)
+    for flag, dtype in (("fp32_unet", torch.float32), ("bf16_unet", torch.bfloat16)):
+        monkeypatch.setattr(args, flag, True)  # the flag sets the compute dtype too, not only the storage
+        assert bridge.dit_dtypes("default", gpu) == (dtype, dtype), flag
+        monkeypatch.setattr(args, flag, False)
 
 
 def test_wrap_transformers_model_and_load(bridge):

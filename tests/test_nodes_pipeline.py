@@ -207,6 +207,10 @@ def test_bad_inputs_give_clear_errors(env):
         comfy_env.run_node(fn.FaceEncoderLoader, siglip_name="w.safetensors", face_device="cpu")
     with pytest.raises(ValueError, match="empty"):
         fn.image_to_uint8(torch.zeros(0, 64, 64, 3))
+    (vae,) = comfy_env.run_node(mn.VaeLoader, vae_name="vae_tiny.safetensors", precision="fp32")
+    for samples in (torch.zeros(1, 4, 8, 8), torch.zeros(1, 16, 3, 8, 8)):  # an image latent; other channels
+        with pytest.raises(ValueError, match=r"VAE Decode: latent is \(1, .*needs a video latent \[B, 4, F, h, w\]"):
+            comfy_env.run_node(sn.VAEDecode, vae=vae, latent={"samples": samples}, tiling=True, tile_size=0)
     with pytest.raises(ValueError, match="holds 2 images.*reference_image"):
         comfy_env.run_node(sn.FaceFrameEncode, vae=None, image=torch.zeros(2, 64, 64, 3), width=64, height=64,
                            num_frames=9)
@@ -244,6 +248,13 @@ def test_face_encode_options(env):
     assert ref.shape == (1, 480, 480, 3)  # whole photo as reference
     assert ident.id_embedding.shape == (1, 512) and ident.face_tokens.shape == (1, 16, 768)
     assert ident.extra["negative_face_tokens"].shape == (1, 16, 768)
+    # the whole photo is only the reference frame: SigLIP still reads the parsed face crop of the first photo
+    from echovideo.pipeline import face_tokens_pair
+
+    siglip = comfy_env.pack_module("nodes.bridge").unwrap(enc.siglip)
+    want_pos, want_neg = face_tokens_pair(siglip, (crops[0].numpy() * 255).round().astype(np.uint8))
+    assert torch.equal(ident.face_tokens, want_pos) and torch.equal(ident.extra["negative_face_tokens"], want_neg)
+    assert torch.equal(ident.face_crop, (crops[0] * 255).round().to(torch.uint8))
     singles = [comfy_env.run_node(fn.FaceEncode, face_encoder=enc, image=photo(i), face_index=1, whole_image=True,
                                   average_embeddings=False)[0].id_embedding for i in (0, 1)]
     assert not torch.allclose(singles[0], singles[1])

@@ -1,5 +1,5 @@
-"""The dependency files agree: pyproject's dependencies are requirements.txt's, and every requirement has a
-tested pin in constraints.txt that satisfies its range."""
+"""The project files agree: pyproject's dependencies are requirements.txt's, every requirement has a
+tested pin in constraints.txt within its range, and the README's memory tables are the memory plan's output."""
 from pathlib import Path
 
 import pytest
@@ -35,3 +35,17 @@ def test_every_requirement_has_a_tested_pin_in_its_range():
             assert req.specifier.contains(pinned[name], prereleases=True), \
                 f"{file}: {req} but constraints.txt pins {pinned[name]}"
     assert not {"torch", "torchvision"} & set(pinned)  # setup_env.sh pins those (ComfyUI owns them)
+
+
+def test_readme_memory_tables_are_the_memory_plan_output(capsys):
+    """The README's memory tables are what benchmarks/memory_plan.py --markdown prints, line for line."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("memory_plan", ROOT / "benchmarks" / "memory_plan.py")
+    memory_plan = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory_plan)
+    memory_plan.main(["--markdown"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    readme = (ROOT / "README.md").read_text().splitlines()
+    assert len(rows) == 5 + 2 + 5 + 2 + 4 + 2
+    assert [r for r in rows if r not in readme] == []

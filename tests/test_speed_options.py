@@ -185,15 +185,17 @@ def test_step_cache_signal_runs_inside_the_block_hook():
     p = tiny.PRESETS["shared"]
     dit, run = _cache_run(p, steps=4)
     block0 = dit.transformer_blocks[0]
-    inside, outside_calls = [False], []
+    inside, outside_calls, balance = [False], [], {}
 
     class Hook:
         def before(self, index, block):
             inside[0] = index == 0 or inside[0]
+            balance[index] = balance.get(index, 0) + 1
 
         def after(self, index, block):
             if index == 0:
                 inside[0] = False
+            balance[index] -= 1
 
     real_norm1 = block0.norm1.forward
 
@@ -206,6 +208,7 @@ def test_step_cache_signal_runs_inside_the_block_hook():
     dit.block_hook = Hook()
     run(StepCache(dit, threshold=0.5))
     assert not outside_calls
+    assert balance and set(balance.values()) == {0}  # every block brought in is sent back (swap stays bounded)
 
 
 def test_rope_real_arithmetic_equals_complex():

@@ -1,4 +1,5 @@
 """VAE decode: tiling keeps the output size and stays close to untiled; per-chunk progress; clear errors."""
+import json
 import sys
 
 import numpy as np
@@ -66,6 +67,25 @@ def test_wrong_files_are_named(tmp_path):
         vae_lib.load_vae(dit)
     with pytest.raises(CheckpointError, match="dit.safetensors: the config is not a SigLIP vision config"):
         siglip.load_siglip(dit)
+
+
+def test_siglip_file_without_its_weights_is_named(tmp_path):
+    """A file with no config falls back to SigLIP-base's config; without SigLIP's weights it is refused, not
+    loaded with random ones."""
+    from safetensors.torch import save_file
+
+    p = tiny.PRESETS["shared"]
+    other = str(tmp_path / "other.safetensors")
+    save_file({"x": torch.zeros(1)}, other)
+    with pytest.raises(CheckpointError, match=r"other.safetensors is not a SigLIP vision model.*missing \['embeddings"):
+        siglip.load_siglip(other)
+    model = tiny.tiny_siglip(p)
+    state = {("" if k.startswith("vision_model.") else "vision_model.") + k: v.contiguous()
+             for k, v in model.state_dict().items() if ".layers.0." not in k}  # the released key layout
+    part = str(tmp_path / "part.safetensors")
+    save_file(state, part, metadata={"config": json.dumps(model.config.to_dict()), "format": "pt"})
+    with pytest.raises(CheckpointError, match="part.safetensors is not a SigLIP vision model.*layers.0."):
+        siglip.load_siglip(part)
 
 
 def _cache_bytes(cache):

@@ -88,3 +88,36 @@ def test_image_inputs():
         siglip.siglip_pixel_values(np.zeros((8, 8), np.uint8), 16)
     with pytest.raises(EchoVideoInputError, match="face image: got"):
         vae_lib.first_frame_pixels(np.zeros((8, 8, 3), np.float32), 64, 64)
+
+
+# the published pipeline's crop of the 30 x 45 base grid (480 x 720 pixels / 16) for its five demo sizes,
+# worked by hand from its get_resize_crop_region_for_grid (Python's round: halves to even)
+@pytest.mark.parametrize("height, width, region", [
+    (480, 640, ((0, 2), (30, 42))), (480, 848, ((2, 0), (27, 45))), (480, 480, ((0, 8), (30, 38))),
+    (848, 480, ((0, 14), (30, 31))), (640, 480, ((0, 12), (30, 34)))])
+def test_rope_crop_region_at_the_published_sizes(height, width, region):
+    from echovideo.rope import resize_crop_region_for_grid
+
+    assert resize_crop_region_for_grid((height // 16, width // 16), 45, 30) == region
+
+
+def test_rope_positions_at_480x848():
+    """The default landscape size: height positions linspace(2, 27, 30), width linspace(0, 45, 53) (diffusers 0.31,
+    endpoint=False), read back from the first (frequency 1) sine of each axis."""
+    from echovideo.rope import rotary_embedding_for_video
+
+    cos, sin = rotary_embedding_for_video(64, 2, 480, 848, 49)
+    sin = sin.reshape(13, 30, 53, 64)  # head_dim 64: t 16, h 24, w 24 columns
+    want_h = np.sin(np.linspace(2, 27, 30, endpoint=False, dtype=np.float32))
+    want_w = np.sin(np.linspace(0, 45, 53, endpoint=False, dtype=np.float32))
+    np.testing.assert_allclose(sin[0, :, 0, 16].numpy(), want_h, atol=1e-6)
+    np.testing.assert_allclose(sin[0, 0, :, 40].numpy(), want_w, atol=1e-6)
+    np.testing.assert_allclose(sin[:, 0, 0, 0].numpy(), np.sin(np.arange(13, dtype=np.float32)), atol=1e-6)
+
+
+def test_dtype_names():
+    """The names every option (CLI --dtype, loader combos) maps through."""
+    from echovideo.ops import DTYPES
+
+    assert DTYPES["fp32"] is torch.float32 and DTYPES["bf16"] is torch.bfloat16 and DTYPES["fp16"] is torch.float16
+    assert DTYPES["fp8_e4m3fn"] is torch.float8_e4m3fn and DTYPES["fp8_e5m2"] is torch.float8_e5m2
