@@ -67,11 +67,14 @@ def main(argv=None):
         print(f"  {name:>11}: {n * b / GIB:6.2f} GiB total, {block * b / 2**20:7.1f} MiB per block")
     print("\nactivations (bf16) per resolution, HxWxframes:")
     print("  resolution     tokens  block peak b=2  block peak b=1  flash attn b=2  math attn b=2")
+    activations = []  # (size, tokens, GiB: block b=2, block b=1, flash attention b=2, math attention b=2)
     for h, w, f in RESOLUTIONS:
         s = video_tokens(cfg, h, w, f)
-        print(f"  {h}x{w}x{f:<4} {s:>8}  {block_activation_bytes(cfg, s, 2) / GIB:10.2f} GiB  "
-              f"{block_activation_bytes(cfg, s, 1) / GIB:10.2f} GiB  {attention_bytes(cfg, s, 2) / GIB:10.2f} GiB  "
-              f"{attention_bytes(cfg, s, 2, materialised=True) / GIB:10.2f} GiB")
+        activations.append((f"{h}x{w}x{f}", s, *(x / GIB for x in (
+            block_activation_bytes(cfg, s, 2), block_activation_bytes(cfg, s, 1), attention_bytes(cfg, s, 2),
+            attention_bytes(cfg, s, 2, materialised=True)))))
+    for size, s, b2, b1, flash, math in activations:
+        print(f"  {size:<14} {s:>6}  {b2:10.2f} GiB  {b1:10.2f} GiB  {flash:10.2f} GiB  {math:10.2f} GiB")
     print("\nVAE decode (bf16): conv cache carried between frame chunks, stock diffusers -> this project")
     tile = (RELEASED_VAE_CONFIG["sample_height"] // 2, RELEASED_VAE_CONFIG["sample_width"] // 2)
     for h, w in [(hh, ww) for hh, ww, _ in RESOLUTIONS] + [tile]:
@@ -88,11 +91,8 @@ def main(argv=None):
             print(f"| {name} | {total:.1f} GiB | {need:.1f} GiB | {fits} |")
         print("\n| HxWxframes | tokens | block b=2 | block b=1 | flash attn b=2 | math attn b=2 |")
         print("|---|---|---|---|---|---|")
-        for h, w, f in RESOLUTIONS:
-            s = video_tokens(cfg, h, w, f)
-            print(f"| {h}x{w}x{f} | {s:,} | {block_activation_bytes(cfg, s, 2) / GIB:.2f} GiB | "
-                  f"{block_activation_bytes(cfg, s, 1) / GIB:.2f} GiB | {attention_bytes(cfg, s, 2) / GIB:.2f} GiB | "
-                  f"{attention_bytes(cfg, s, 2, materialised=True) / GIB:.1f} GiB |")
+        for size, s, b2, b1, flash, math in activations:
+            print(f"| {size} | {s:,} | {b2:.2f} GiB | {b1:.2f} GiB | {flash:.2f} GiB | {math:.1f} GiB |")
         print("\n| decode of | stock diffusers | this project |")
         print("|---|---|---|")
         sizes = []  # a size and its transpose share a row (the same memory)
