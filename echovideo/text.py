@@ -124,7 +124,8 @@ def load_t5_encoder(folder_or_file: str, dtype: torch.dtype = torch.bfloat16, de
     keep_fp32 = tuple(getattr(model, "_keep_in_fp32_modules", None) or ()) if dtype == torch.float16 else ()
 
     def target_dtype(key):
-        return torch.float32 if key.split(".")[-2:-1] and key.split(".")[-2] in keep_fp32 else dtype
+        parts = key.split(".")  # e.g. encoder.block.0.layer.1.DenseReluDense.wo.weight: module name "wo"
+        return torch.float32 if len(parts) > 1 and parts[-2] in keep_fp32 else dtype
 
     state = {}  # each weight converted as it is read (one copy in memory); a full T5's decoder is skipped
     for f in files:
