@@ -108,18 +108,6 @@ def resolve(what: str, name: str) -> str:
     return path
 
 
-def resolve_dir(what: str, name: str) -> str:
-    """Full path of a subfolder (e.g. a transformers model folder) in a model folder."""
-    rel = os.path.normpath(name or "")
-    if rel.startswith("..") or os.path.isabs(rel) or not name:
-        raise _not_found(name or "(none selected)", what)
-    for root in folders(what):
-        p = os.path.join(root, rel)
-        if os.path.isdir(p):
-            return p
-    raise _not_found(name, what)
-
-
 def resolve_entry(what: str, name: str) -> str:
     """A subfolder (diffusers/transformers layout) or a file in a model folder."""
     rel = os.path.normpath(name or "")

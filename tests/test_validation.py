@@ -121,3 +121,11 @@ def test_dtype_names():
 
     assert DTYPES["fp32"] is torch.float32 and DTYPES["bf16"] is torch.bfloat16 and DTYPES["fp16"] is torch.float16
     assert DTYPES["fp8_e4m3fn"] is torch.float8_e4m3fn and DTYPES["fp8_e5m2"] is torch.float8_e5m2
+
+
+def test_degenerate_face_keypoints_are_a_face_error():
+    from echovideo.face import FaceError
+    from echovideo.face.align import alignment_matrix
+
+    with pytest.raises(FaceError, match="keypoints are degenerate"):
+        alignment_matrix(np.full((5, 2), 100.0, np.float32))
