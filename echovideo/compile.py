@@ -21,3 +21,10 @@ def uncompile_blocks(model):
     model.compiled_with = None
     model.compile_settings = None
     return model
+
+
+def set_block_compile(model, settings):
+    """Compiled blocks as `settings` (backend, mode, dynamic) ask, or eager blocks when settings is None."""
+    if settings is None:
+        return uncompile_blocks(model) if getattr(model, "compiled_with", None) is not None else model
+    return compile_blocks(model, backend=settings.backend, mode=settings.mode, dynamic=settings.dynamic)

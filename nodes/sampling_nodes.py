@@ -120,13 +120,13 @@ class Sampler(io.ComfyNode):
         from echovideo.memory import sampling_memory_bytes
         from echovideo.sampling import sample
 
-        from .speed_nodes import apply_compile
+        from echovideo.compile import set_block_compile
 
         dit = model.model
         use_cfg = cfg > 1.0
         lat = image_latents.latents
         _, frames, _, h, w = lat.shape
-        apply_compile(dit, getattr(model, "compile", None), model.device)  # before loading: compiled loads fully
+        set_block_compile(dit, model.compile)  # before loading: a compiled DiT loads fully (checked by the node)
         bridge.load_gpu(model.patcher, memory_required=sampling_memory_bytes(
             dit.config, frames, h, w, batch=2 if use_cfg else 1, dtype=model.compute_dtype))
         progress = bridge.Progress(int(steps))

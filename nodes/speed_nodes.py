@@ -44,20 +44,6 @@ def compile_problem(backend: str, device) -> str | None:
     return None
 
 
-def apply_compile(model, settings, device, node: str = "EchoVideo Sampler"):
-    """The DiT's blocks compiled as `settings` asks (lazy: compiles at the first call), or eager when None."""
-    from echovideo.compile import compile_blocks, uncompile_blocks
-
-    if settings is None:
-        if getattr(model, "compiled_with", None) is not None:
-            uncompile_blocks(model)
-        return model
-    problem = compile_problem(settings.backend, device)
-    if problem:
-        raise RuntimeError(f"{node}: compile: {problem}")
-    return compile_blocks(model, backend=settings.backend, mode=settings.mode, dynamic=settings.dynamic)
-
-
 class CompileSettingsNode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
