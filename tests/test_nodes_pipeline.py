@@ -143,6 +143,31 @@ def test_sampler_progress_and_interrupt(env, monkeypatch):
     assert chunks == [1] and asked == [7000 * H * W * 4]  # untiled fp32: the whole frame
 
 
+def test_sampler_checks_cancel_after_each_step(env, monkeypatch):
+    """A cancel pressed during the last step's progress report stops the Sampler there: no DiT block runs
+    after it, so only the Sampler's own per-step check can see it."""
+    import comfy.model_management as mm
+    import comfy.utils
+
+    out = run_chain(cfg=1.0)
+    sn = comfy_env.pack_module("nodes.sampling_nodes")
+    reported = []
+
+    def cancel_at_last_step(v, t, preview, node_id=None):
+        reported.append(v)
+        if t == STEPS and v == STEPS:
+            mm.interrupt_current_processing(True)
+
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", cancel_at_last_step)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            comfy_env.run_node(sn.Sampler, model=out["model"], conditioning=out["cond"],
+                               image_latents=out["img_lat"], steps=STEPS, cfg=1.0, dynamic_cfg=True, seed=1)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert reported[-1] == STEPS
+
+
 def test_preview_image_from_latents():
     bridge = comfy_env.pack_module("nodes.bridge")
     img = bridge.latent_preview_image(torch.randn(1, 3, 16, 8, 10))
