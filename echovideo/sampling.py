@@ -1,5 +1,6 @@
 """The sampling loop: CogVideoXDPMScheduler (v-prediction), CFG batched [unconditional, conditional],
 dynamic CFG, one seeded CPU generator for the initial noise and every scheduler draw."""
+import math
 from typing import Callable, Optional
 
 import torch
@@ -67,6 +68,8 @@ def sample(model, positive_context: torch.Tensor, negative_context: Optional[tor
     offloaded). dtype: the activations' dtype (default: the model's compute dtype)."""
     cfg = model.config
     check(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer >= 1")
+    check(isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale), "guidance_scale",
+          guidance_scale, "a finite number (<= 1 turns guidance off)")
     check(image_latents.dim() == 5 and image_latents.shape[0] == 1 and image_latents.shape[2] == cfg.out_channels
           and image_latents.shape[3] % cfg.patch_size == 0 and image_latents.shape[4] % cfg.patch_size == 0,
           "image_latents", tuple(image_latents.shape),

@@ -28,6 +28,20 @@ def size_problem(width, height, num_frames):
     return "; ".join(problems) or None
 
 
+MAX_STEPS = 500
+SAMPLER_MARK = "echovideo_num_frames"  # the Sampler's LATENT carries it (the video's frame count)
+MAX_CFG = 30.0
+
+
+def sampler_input_problem(steps, cfg):
+    """None, or what is wrong with the Sampler's steps / cfg (linked values skip the widgets' limits)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        return f"steps: got {steps!r}, needs an integer from 1 to {MAX_STEPS}"
+    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not 1.0 <= cfg <= MAX_CFG:  # NaN fails too
+        return f"cfg: got {cfg!r}, needs a number from 1.0 to {MAX_CFG} (1.0 turns guidance off)"
+    return None
+
+
 class FaceFrameEncode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -40,8 +54,8 @@ class FaceFrameEncode(io.ComfyNode):
             inputs=[
                 Vae.Input("vae", tooltip="EchoVideo VAE Loader output."),
                 io.Image.Input("image", tooltip="Reference image: Face Encode's reference_image output."),
-                io.Int.Input("width", default=720, min=16, max=MAX_SIZE, step=16,
-                             tooltip="Video width, a multiple of 16 (the model was trained at 720 x 480)."),
+                io.Int.Input("width", default=848, min=16, max=MAX_SIZE, step=16,
+                             tooltip="Video width, a multiple of 16 (the published EchoVideo demo: 848 x 480)."),
                 io.Int.Input("height", default=480, min=16, max=MAX_SIZE, step=16,
                              tooltip="Video height, a multiple of 16."),
                 io.Int.Input("num_frames", default=49, min=1, max=MAX_FRAMES, step=8,
@@ -104,8 +118,8 @@ class Sampler(io.ComfyNode):
                                              "node's."),
                 Conditioning.Input("conditioning", tooltip="EchoVideo IITF Fusion output."),
                 ImageLatents.Input("image_latents", tooltip="EchoVideo Face Frame Encode output (sets size/length)."),
-                io.Int.Input("steps", default=50, min=1, max=500, tooltip="Denoising steps (reference: 50)."),
-                io.Float.Input("cfg", default=6.0, min=1.0, max=30.0, step=0.1, round=0.01,
+                io.Int.Input("steps", default=50, min=1, max=MAX_STEPS, tooltip="Denoising steps (reference: 50)."),
+                io.Float.Input("cfg", default=6.0, min=1.0, max=MAX_CFG, step=0.1, round=0.01,
                                tooltip="Guidance scale (reference: 6.0). 1.0 turns guidance off (half the work)."),
                 io.Boolean.Input("dynamic_cfg", default=True,
                                  tooltip="Ramp the guidance scale over the steps as the reference does."),
@@ -122,6 +136,9 @@ class Sampler(io.ComfyNode):
 
         from echovideo.compile import set_block_compile
 
+        problem = sampler_input_problem(steps, cfg)
+        if problem:  # linked values skip the widgets' limits
+            raise ValueError(f"EchoVideo Sampler: {problem}")
         dit = model.model
         use_cfg = cfg > 1.0
         lat = image_latents.latents
@@ -154,7 +171,7 @@ class Sampler(io.ComfyNode):
             bridge.log.info("EchoVideo Step Cache: skipped %d of %d DiT calls (threshold %g)", caller.skipped,
                             caller.calls + caller.skipped, cache.threshold)
         samples = latents.float().permute(0, 2, 1, 3, 4).contiguous().to(bridge.intermediate_device())
-        return io.NodeOutput({"samples": samples, "echovideo_num_frames": image_latents.num_frames})
+        return io.NodeOutput({"samples": samples, SAMPLER_MARK: image_latents.num_frames})
 
 
 class VAEDecode(io.ComfyNode):
@@ -196,11 +213,17 @@ class VAEDecode(io.ComfyNode):
         from echovideo.vae import decode_region, decode_to_images
         from echovideo.video import SPATIAL_COMPRESSION
 
+        tile_problem = cls.validate_inputs(tile_size=tile_size)
+        if tile_problem is not True:  # a linked tile_size is known only now
+            raise ValueError(f"EchoVideo VAE Decode: {tile_problem}")
         samples = latent.get("samples") if isinstance(latent, dict) else None
         channels = vae.vae.config.latent_channels
         if samples is None or samples.dim() != 5 or samples.shape[1] != channels:
             raise ValueError(f"EchoVideo VAE Decode: latent is {None if samples is None else tuple(samples.shape)}; "
                              f"needs a video latent [B, {channels}, F, h, w] from EchoVideo Sampler")
+        if SAMPLER_MARK not in latent:  # e.g. saved and loaded again, or another model's video latent
+            bridge.log.warning("EchoVideo VAE Decode: this latent did not come straight from EchoVideo Sampler; "
+                               "decoding it as CogVideoX latents (another video model's latent decodes to noise)")
         height, width = (s * SPATIAL_COMPRESSION for s in samples.shape[3:])
         region = decode_region(vae.vae, height, width, bool(tiling), int(tile_size) or None)
         bridge.load_gpu(vae.patcher, memory_required=vae_decode_bytes(*region, vae.dtype.itemsize))

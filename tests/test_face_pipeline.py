@@ -375,6 +375,37 @@ def test_injected_fallback_detector(models):
         F.extract_identity(models, astronaut(), detector=Nothing(), fallback_detector=Nothing())
 
 
+def test_small_face_is_used_with_a_warning(models, caplog):
+    """A face under MIN_FACE_PIXELS wide (in the photo's own pixels) is used, as the published code does, but
+    the log says the identity will be weak."""
+    D = F.Detection
+    kps = np.array([[38, 45], [58, 45], [48, 55], [40, 65], [56, 65]], np.float32)
+
+    class Fixed:
+        name = "fixed"
+
+        def __init__(self, box):
+            self.box = box
+
+        def detect(self, image_bgr):
+            return [D(np.array(self.box, np.float32), kps, 0.9)]
+
+    photo = np.full((100, 100, 3), 128, np.uint8)
+    with caplog.at_level("WARNING", logger="echovideo"):
+        F.extract_identity(models, photo, detector=Fixed([30, 30, 70, 80]))  # 40 px wide
+    assert "face used is about 40 pixels wide in the photo, under 64" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="echovideo"):
+        F.extract_identity(models, photo, detector=Fixed([10, 10, 90, 90]))  # 80 px wide
+    assert "pixels wide" not in caplog.text
+    # measured in the photo's own pixels: a 2048 photo is halved before detection, so 40 px found = 80 px there
+    big = np.full((100, 2048, 3), 128, np.uint8)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="echovideo"):
+        F.extract_identity(models, big, detector=Fixed([30, 10, 70, 45]))
+    assert "pixels wide" not in caplog.text
+
+
 def test_order_centre_first():
     D = F.Detection
     dets = [D(np.array([0, 0, 10, 10.0]), np.zeros((5, 2)), 0.9),

@@ -168,6 +168,21 @@ def test_sampler_checks_cancel_after_each_step(env, monkeypatch):
     assert reported[-1] == STEPS
 
 
+def test_vae_decode_warns_about_latents_not_from_the_sampler(env, caplog):
+    """Another video model's 16-channel latent has the same shape: VAE Decode decodes it but says where it did
+    not come from; the Sampler's own LATENT decodes without the warning."""
+    out = run_chain(cfg=1.0)
+    sn = comfy_env.pack_module("nodes.sampling_nodes")
+    with caplog.at_level("WARNING", logger="EchoVideo"):
+        (own,) = comfy_env.run_node(sn.VAEDecode, vae=out["vae"], latent=out["latent"], tiling=False, tile_size=0)
+    assert "did not come straight from EchoVideo Sampler" not in caplog.text
+    with caplog.at_level("WARNING", logger="EchoVideo"):
+        (bare,) = comfy_env.run_node(sn.VAEDecode, vae=out["vae"], latent={"samples": out["latent"]["samples"]},
+                                     tiling=False, tile_size=0)
+    assert "did not come straight from EchoVideo Sampler" in caplog.text
+    assert torch.equal(own, bare)
+
+
 def test_preview_image_from_latents():
     bridge = comfy_env.pack_module("nodes.bridge")
     img = bridge.latent_preview_image(torch.randn(1, 3, 16, 8, 10))
@@ -236,6 +251,17 @@ def test_bad_inputs_give_clear_errors(env):
     for samples in (torch.zeros(1, 4, 8, 8), torch.zeros(1, 16, 3, 8, 8)):  # an image latent; other channels
         with pytest.raises(ValueError, match=r"VAE Decode: latent is \(1, .*needs a video latent \[B, 4, F, h, w\]"):
             comfy_env.run_node(sn.VAEDecode, vae=vae, latent={"samples": samples}, tiling=True, tile_size=0)
+    # linked values skip the widgets' limits: the nodes check them, naming themselves
+    with pytest.raises(ValueError, match=r"^EchoVideo VAE Decode: tile_size: got 40, needs a multiple of 16"):
+        comfy_env.run_node(sn.VAEDecode, vae=vae, latent={"samples": torch.zeros(1, 4, 2, 8, 8)}, tiling=True,
+                           tile_size=40)
+    for steps, cfg, want in ((0, 6.0, "steps: got 0, needs an integer from 1 to 500"),
+                             (501, 6.0, "steps: got 501"),
+                             (2, 0.2, r"cfg: got 0.2, needs a number from 1.0 to 30.0 \(1.0 turns guidance off\)"),
+                             (2, float("nan"), "cfg: got nan"), (2, 31.0, "cfg: got 31.0")):
+        with pytest.raises(ValueError, match="^EchoVideo Sampler: " + want):
+            comfy_env.run_node(sn.Sampler, model=None, conditioning=None, image_latents=None, steps=steps, cfg=cfg,
+                               dynamic_cfg=True, seed=0)
     with pytest.raises(ValueError, match="holds 2 images.*reference_image"):
         comfy_env.run_node(sn.FaceFrameEncode, vae=None, image=torch.zeros(2, 64, 64, 3), width=64, height=64,
                            num_frames=9)

@@ -61,6 +61,9 @@ def test_sampler_inputs(model):
         sampling.sample(model, ctx, None, torch.zeros(1, 2, 4, 8, 8), steps=2, guidance_scale=6.0)
     with pytest.raises(EchoVideoInputError, match="steps: got 0"):
         sampling.sample(model, ctx, ctx, torch.zeros(1, 2, 4, 8, 8), steps=0)
+    for bad in (float("nan"), float("inf"), None):  # NaN would fail `> 1` and silently drop guidance
+        with pytest.raises(EchoVideoInputError, match=f"guidance_scale: got {bad}, needs a finite number"):
+            sampling.sample(model, ctx, ctx, torch.zeros(1, 2, 4, 8, 8), steps=2, guidance_scale=bad)
 
 
 def test_guidance_one_skips_unconditional_branch(model):

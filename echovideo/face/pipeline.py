@@ -1,6 +1,7 @@
 """Photo -> face identity (ArcFace embedding + parsed aligned face crop)."""
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
@@ -18,6 +19,8 @@ from .parse import parse_face
 # SCRFD's smallest anchors are 16 px on its 640 input (~26 px on a 1024 photo); ask for more,
 # which also keeps the 112 px ArcFace crop from being mostly upsampled blur.
 MIN_FACE_PIXELS = 64
+
+log = logging.getLogger("echovideo")
 
 
 @dataclass
@@ -55,6 +58,19 @@ def _no_face_message(original_long: int, used_long: int) -> str:
         "no face found in the input image; use a photo where the face is visible "
         f"and at least {n} pixels wide"
     )
+
+
+def face_width_pixels(det: Detection, photo_scale: float) -> float:
+    """The detected face's box width in the original photo's pixels."""
+    return float(det.bbox[2] - det.bbox[0]) * photo_scale
+
+
+def _warn_if_small(det: Detection, photo_scale: float) -> None:
+    width = face_width_pixels(det, photo_scale)
+    if width < MIN_FACE_PIXELS:  # used as found, as the published code does, but the identity will be weak
+        log.warning("EchoVideo: the face used is about %d pixels wide in the photo, under %d: its identity will be "
+                    "weak; use a photo where the face is at least %d pixels wide", round(width), MIN_FACE_PIXELS,
+                    MIN_FACE_PIXELS)
 
 
 def _pick(dets: list[Detection], face_index: int, detector_name: str) -> Detection:
@@ -122,6 +138,7 @@ def extract_identity(
         if not dets:
             raise NoFaceFoundError(_no_face_message(max(rgb_full.shape[:2]), max(rgb.shape[:2])))
     det = _pick(dets, face_index, used.name)
+    _warn_if_small(det, max(rgb_full.shape[:2]) / max(rgb.shape[:2]))
 
     aligned_bgr, _ = align_face(bgr, det.kps, FACE_SIZE)
     if used is primary:
