@@ -111,6 +111,16 @@ def check_args(ap, args):
 
 def main(argv=None):
     args = parse_args(argv)
+    from .errors import CheckpointError, EchoVideoInputError
+    from .face.errors import FaceError, FaceModelLoadError, FaceModelMissingError
+
+    try:
+        generate_video(args)
+    except (FaceError, FaceModelMissingError, FaceModelLoadError, EchoVideoInputError, CheckpointError) as e:
+        raise SystemExit(f"error: {e}") from None  # the photo, a model file or an option: the message says which
+
+
+def generate_video(args):
     from . import face, pipeline, text
     from . import vae as vae_lib
     from .checkpoint import load_transformer

@@ -73,6 +73,10 @@ def test_cli_refuses_bad_size_and_missing_model(tiny_models, tmp_path, capsys):
     assert exit_info.value.code == 2 and "--frames: got 10, needs 8k+1" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="diffusion_models model 'nope.safetensors' not found"):
         cli.main(tiny_args(tiny_models, tmp_path / "x.mp4", "--dit", "nope.safetensors"))
+    # a face index past the faces found ends in one line, not a traceback
+    with pytest.raises(SystemExit, match=r"^error: face_index 5 is out of range: 2 faces were found") as exit_info:
+        cli.main(tiny_args(tiny_models, tmp_path / "x.mp4", "--face-index", "5"))
+    assert exit_info.value.code != 0
 
 
 def checked_args(tmp_path, *extra):
