@@ -29,8 +29,8 @@ def size_problem(width, height, num_frames):
 
 
 MAX_STEPS = 500
-SAMPLER_MARK = "echovideo_num_frames"  # the Sampler's LATENT carries it (the video's frame count)
 MAX_CFG = 30.0
+SAMPLER_MARK = "echovideo_num_frames"  # the Sampler's LATENT carries it (the video's frame count)
 
 
 def sampler_input_problem(steps, cfg):
