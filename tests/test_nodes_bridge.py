@@ -144,16 +144,18 @@ def test_only_comfy_ops_models_load_partially(bridge, monkeypatch):
 
     calls = []
     monkeypatch.setattr(mm, "load_models_gpu", lambda models, **kw: calls.append(
-        ([type(bridge.unwrap(m)).__name__ for m in models], kw.get("force_full_load", False))))
+        ([type(bridge.unwrap(m)).__name__ for m in models], kw.get("force_full_load", False),
+         kw.get("memory_required"))))
     ops = bridge.operations(torch.float32, torch.float32, torch.device("cpu"))
     dit_like = bridge.wrap(torch.nn.Sequential(ops.Linear(2, 2)))
     plain = bridge.wrap(torch.nn.Linear(2, 2), kind="vae")
     bridge.load_gpu([dit_like, plain], memory_required=5)
-    assert sorted(calls) == [(["Linear"], True), (["Sequential"], False)]
+    # both paths ask ComfyUI to free room for the activations too, not only the weights
+    assert sorted(calls) == [(["Linear"], True, 5), (["Sequential"], False, 5)]
     calls.clear()
     bridge.unwrap(dit_like).compiled_with = "inductor"  # a compiled DiT would recompile per streaming pattern
-    bridge.load_gpu(dit_like)
-    assert calls == [(["Sequential"], True)]
+    bridge.load_gpu(dit_like, memory_required=7)
+    assert calls == [(["Sequential"], True, 7)]
 
 
 def test_t5_dtype_follows_flags_and_never_substitutes(bridge, monkeypatch):

@@ -168,6 +168,63 @@ def test_sampler_checks_cancel_after_each_step(env, monkeypatch):
     assert reported[-1] == STEPS
 
 
+def test_sampler_cancel_stops_between_blocks(env, monkeypatch):
+    """A cancel pressed while block 0 runs stops before block 1: the step is never finished or reported."""
+    import comfy.model_management as mm
+    import comfy.utils
+
+    out = run_chain(cfg=1.0)
+    sn = comfy_env.pack_module("nodes.sampling_nodes")
+    dit = out["model"].model
+    reported, blocks_run = [], []
+
+    class CancelInFirstBlock:
+        def before(self, index, block):
+            blocks_run.append(index)
+
+        def after(self, index, block):
+            mm.interrupt_current_processing(True)
+
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda v, t, preview, node_id=None: reported.append(v))
+    dit.block_hook = CancelInFirstBlock()
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            comfy_env.run_node(sn.Sampler, model=out["model"], conditioning=out["cond"],
+                               image_latents=out["img_lat"], steps=STEPS, cfg=1.0, dynamic_cfg=True, seed=1)
+    finally:
+        mm.interrupt_current_processing(False)
+        dit.block_hook = None
+    assert blocks_run == [0] and reported == []
+
+
+def test_sampler_widgets_reach_the_sampling(env, monkeypatch):
+    """dynamic_cfg, the Step Cache's settings and VAE Decode's tile size reach the library as set."""
+    out = run_chain()
+    sn = comfy_env.pack_module("nodes.sampling_nodes")
+    import echovideo.sampling
+    import echovideo.vae
+
+    seen = {}
+    real_sample, real_decode = echovideo.sampling.sample, echovideo.vae.decode_to_images
+
+    def spy_sample(*a, **kw):
+        seen["sample"] = kw
+        return real_sample(*a, **kw)
+
+    def spy_decode(*a, **kw):
+        seen["decode"] = kw
+        return real_decode(*a, **kw)
+
+    monkeypatch.setattr(echovideo.sampling, "sample", spy_sample)
+    monkeypatch.setattr(echovideo.vae, "decode_to_images", spy_decode)
+    (latent,) = comfy_env.run_node(sn.Sampler, model=out["model"], conditioning=out["cond"],
+                                   image_latents=out["img_lat"], steps=STEPS, cfg=6.0, dynamic_cfg=False, seed=7)
+    assert seen["sample"]["dynamic_cfg"] is False and seen["sample"]["seed"] == 7
+    assert not torch.equal(latent["samples"], out["latent"]["samples"])  # run_chain sampled with dynamic_cfg on
+    comfy_env.run_node(sn.VAEDecode, vae=out["vae"], latent=latent, tiling=True, tile_size=96)
+    assert seen["decode"]["tiling"] is True and seen["decode"]["tile_size"] == 96
+
+
 def test_vae_decode_warns_about_latents_not_from_the_sampler(env, caplog):
     """Another video model's 16-channel latent has the same shape: VAE Decode decodes it but says where it did
     not come from; the Sampler's own LATENT decodes without the warning."""

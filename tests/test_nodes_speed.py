@@ -122,6 +122,16 @@ def test_step_cache_high_threshold_skips(env, reference, caches):
     assert out.shape == reference.shape and torch.isfinite(out).all() and not torch.equal(out, reference)
 
 
+def test_step_cache_warmup_reaches_the_sampler(env, caches):
+    """warmup_steps is the node's, not the default: with warm-up over all but the last step nothing is skipped,
+    even at a threshold that skips most steps otherwise (test_step_cache_high_threshold_skips)."""
+    sp = mods()[2]
+    (cached,) = comfy_env.run_node(sp.StepCacheNode, model=load(), threshold=1.0, warmup_steps=STEPS - 1)
+    sample(cached, env)
+    assert caches[0].warmup_steps == STEPS - 1 and caches[0].threshold == 1.0
+    assert caches[0].skipped == 0 and caches[0].calls == STEPS
+
+
 def test_no_step_cache_without_node(env, caches):
     sample(load(), env, steps=2)
     assert caches == []
@@ -235,12 +245,14 @@ def test_block_swap_composes_with_sampler_interrupt_hook(env, reference):
     model = load()
     dit = model.model
     swap = enable_block_swap(dit, blocks_on_offload=1, device="cpu", offload_device="cpu")
-    seen = []
-    before = swap.before
+    seen, seen_after = [], []
+    before, after = swap.before, swap.after
     swap.before = lambda i, b: (seen.append(i), before(i, b))
+    swap.after = lambda i, b: (seen_after.append(i), after(i, b))  # moves a swapped block back off the GPU
     out = sample(model, env, steps=STEPS)
     assert isinstance(dit.block_hook, BlockSwap) and dit.block_hook is swap  # restored after sampling
     assert seen and set(seen) == set(range(len(dit.transformer_blocks)))
+    assert seen_after == seen  # the interrupt hook hands every block's `after` on, in order
     torch.testing.assert_close(out, reference, rtol=0, atol=0)
     disable_block_swap(dit, "cpu")
 
