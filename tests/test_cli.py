@@ -117,3 +117,73 @@ def test_mp4_without_pyav_fails_before_loading(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(checked_args(tmp_path, "--out", str(tmp_path / "x.mp4")))
     assert exit_info.value.code == 2 and "--out: got" in capsys.readouterr().err
+
+
+def record_run(monkeypatch, root, out, *extra):
+    """Runs the CLI on the tiny models with pipeline.generate replaced; returns the face/generate call order
+    and what generate received (positional face_crop and id_embedding, the keywords, the models)."""
+    import torch
+
+    from echovideo import face, pipeline
+
+    events, seen = [], {}
+    load, extract, release = face.load_face_models, face.extract_identity, face.release_face_models
+
+    def recording_load(paths, device="cpu"):
+        events.append(("load_face_models", device))
+        return load(paths, device=device)
+
+    def recording_extract(*a, **kw):
+        events.append("extract_identity")
+        return extract(*a, **kw)
+
+    def recording_release(*a, **kw):
+        events.append("release_face_models")
+        return release(*a, **kw)
+
+    def recording_generate(dit, vae, siglip_model, text_pos, text_neg, face_crop, id_embedding, *a, **kw):
+        events.append("generate")
+        seen.update(kw, dit=dit, vae=vae, face_crop=face_crop, id_embedding=id_embedding)
+        return torch.zeros(9, 64, 64, 3)
+
+    monkeypatch.setattr(face, "load_face_models", recording_load)
+    monkeypatch.setattr(face, "extract_identity", recording_extract)
+    monkeypatch.setattr(face, "release_face_models", recording_release)
+    monkeypatch.setattr(pipeline, "generate", recording_generate)
+    cli.main(tiny_args(root, out, *extra))
+    return events, seen
+
+
+def test_face_options_reach_the_generation(tiny_models, tmp_path, monkeypatch):
+    """--face-index picks another face's embedding, --whole-image sends the whole photo as the reference frame."""
+    import numpy as np
+
+    from echovideo import face
+
+    photo = face.load_image_file(str(tiny_models / "input" / "echovideo_example_photo.png"))
+    _, default = record_run(monkeypatch, tiny_models, tmp_path / "a.webp")
+    _, chosen = record_run(monkeypatch, tiny_models, tmp_path / "b.webp", "--face-index", "1", "--whole-image")
+    # default: face 0, its parsed crop as the reference frame, no step cache, seed 42
+    assert np.array_equal(default["reference_image"], default["face_crop"])
+    assert not np.array_equal(default["reference_image"], photo)
+    assert default["dit_caller"] is None and default["seed"] == 42
+    # face 1 has another identity; the reference frame is the photo itself
+    assert not np.allclose(chosen["id_embedding"], default["id_embedding"])
+    assert np.array_equal(chosen["reference_image"], photo)
+
+
+def test_run_options_reach_the_generation(tiny_models, tmp_path, monkeypatch):
+    """--seed and --step-cache reach generate; the face models load on --device and are released before the
+    DiT runs; bf16 on CPU keeps the VAE in fp32 (the DiT computes in bf16)."""
+    import torch
+
+    from echovideo.step_cache import StepCache
+
+    events, seen = record_run(monkeypatch, tiny_models, tmp_path / "c.webp", "--seed", "7", "--step-cache", "0.2",
+                              "--dtype", "bf16", "--device", "cpu:0")  # cpu:0, not the default "cpu"
+    assert events == [("load_face_models", "cpu:0"), "extract_identity", "release_face_models", "generate"]
+    assert seen["seed"] == 7
+    caller = seen["dit_caller"]
+    assert isinstance(caller, StepCache) and caller.threshold == 0.2 and caller.model is seen["dit"]
+    assert seen["dit"].compute_dtype == torch.bfloat16
+    assert {p.dtype for p in seen["vae"].parameters()} == {torch.float32}

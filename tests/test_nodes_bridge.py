@@ -126,6 +126,28 @@ def test_no_fp16_compute_by_default_on_gpus_without_bf16(bridge, monkeypatch, ca
         monkeypatch.setattr(args, flag, False)
 
 
+def test_devices_and_compute_dtype_follow_comfy(bridge, monkeypatch):
+    """Each model kind asks ComfyUI's own device functions, so --cpu-vae, --highvram, --gpu-only etc. apply."""
+    import comfy.model_management as mm
+
+    names = ("get_torch_device", "unet_offload_device", "text_encoder_device", "text_encoder_offload_device",
+             "vae_device", "vae_offload_device")
+    marks = {name: torch.device("cpu", i) for i, name in enumerate(names)}  # distinct stand-ins
+    for name in names:
+        monkeypatch.setattr(mm, name, lambda name=name: marks[name])
+    assert bridge.load_device("unet") == marks["get_torch_device"] == bridge.torch_device()
+    assert bridge.load_device("text") == marks["text_encoder_device"]
+    assert bridge.load_device("vae") == marks["vae_device"]
+    assert bridge.offload_device("unet") == marks["unet_offload_device"]
+    assert bridge.offload_device("text") == marks["text_encoder_offload_device"]
+    assert bridge.offload_device("vae") == marks["vae_offload_device"]
+    gpu = torch.device("cuda", 0)
+    for bf16, fp16, want in ((True, True, torch.bfloat16), (False, True, torch.float16), (False, False, torch.float32)):
+        monkeypatch.setattr(mm, "should_use_bf16", lambda *a, v=bf16, **k: v)
+        monkeypatch.setattr(mm, "should_use_fp16", lambda *a, v=fp16, **k: v)
+        assert bridge.compute_dtype(gpu) == want  # bf16 first: the reference runs bf16
+
+
 def test_wrap_transformers_model_and_load(bridge):
     import transformers
     cfg = transformers.T5Config(vocab_size=8, d_model=8, d_kv=2, d_ff=8, num_layers=1, num_heads=2)

@@ -324,6 +324,36 @@ def test_bad_inputs_give_clear_errors(env):
                            num_frames=9)
 
 
+def test_loader_options_reach_the_models(env, monkeypatch):
+    """Face Encoder Loader 'auto' runs the face models on ComfyUI's device and SigLIP in the compute dtype;
+    the VAE Loader's precision is the VAE's dtype; an out-of-memory while loading stays one (not 'wrong file')."""
+    import echovideo.face
+
+    fn = comfy_env.pack_module("nodes.face_nodes")
+    mn = comfy_env.pack_module("nodes.model_nodes")
+    bridge = comfy_env.pack_module("nodes.bridge")
+    devices = []
+    real_load = echovideo.face.load_face_models
+    monkeypatch.setattr(echovideo.face, "load_face_models",
+                        lambda paths, device: (devices.append(device), real_load(paths, "cpu"))[1])
+    monkeypatch.setattr(bridge, "torch_device", lambda: torch.device("cuda", 0))
+    monkeypatch.setattr(bridge, "compute_dtype", lambda device=None, model_params=0: torch.bfloat16)
+    (enc,) = comfy_env.run_node(fn.FaceEncoderLoader, siglip_name="siglip_tiny.safetensors", face_device="auto")
+    assert devices == ["cuda:0"] and enc.face_models[1] == "cuda:0"
+    assert {p.dtype for p in bridge.unwrap(enc.siglip).parameters()} == {torch.bfloat16}
+    (enc_cpu,) = comfy_env.run_node(fn.FaceEncoderLoader, siglip_name="siglip_tiny.safetensors", face_device="cpu")
+    assert devices[-1] == "cpu" and enc_cpu.face_models[1] == "cpu"
+    monkeypatch.undo()
+    (vae,) = comfy_env.run_node(mn.VaeLoader, vae_name="vae_tiny.safetensors", precision="fp16")  # never a default
+    assert vae.dtype == torch.float16 and {p.dtype for p in vae.vae.parameters()} == {torch.float16}
+    with pytest.raises(torch.OutOfMemoryError):
+        with mn.named_errors("EchoVideo Model Loader", "/models/x.safetensors", "an EchoVideo transformer"):
+            raise torch.OutOfMemoryError("out of memory")
+    with pytest.raises(ValueError, match="Model Loader: x.safetensors could not be loaded .*RuntimeError: boom"):
+        with mn.named_errors("EchoVideo Model Loader", "/models/x.safetensors", "an EchoVideo transformer"):
+            raise RuntimeError("boom")
+
+
 def _sample_with(model, out, seed=3):
     sn = comfy_env.pack_module("nodes.sampling_nodes")
     (latent,) = comfy_env.run_node(sn.Sampler, model=model, conditioning=out["cond"], image_latents=out["img_lat"],

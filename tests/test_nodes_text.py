@@ -72,7 +72,11 @@ def test_comfy_tokenizer_is_reference_t5(comfy_tokenizer_dir):
 def test_clip_path_equals_transformers(hf_t5, comfy_tokenizer_dir, kind):
     tn = comfy_env.pack_module("nodes.text_nodes")
     clip = make_clip(hf_t5, kind)
+    loads = []
+    real_load = clip.load_model
+    clip.load_model = lambda *a, **kw: (loads.append(1), real_load(*a, **kw))[1]  # ComfyUI places the T5
     (out,) = comfy_env.run_node(tn.TextEncode, positive=PROMPTS[0], negative=PROMPTS[1], clip=clip)
+    assert len(loads) == 2  # asked before each prompt's encode (it may have been offloaded in between)
     assert out.positive.shape == (1, 226, 16) and out.negative.shape == (1, 226, 16)
     torch.testing.assert_close(out.positive, reference(hf_t5, comfy_tokenizer_dir, PROMPTS[0]), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out.negative, reference(hf_t5, comfy_tokenizer_dir, PROMPTS[1]), rtol=1e-4, atol=1e-5)
@@ -99,6 +103,24 @@ def test_t5_loader_path_equals_transformers(hf_t5, comfy_tokenizer_dir, tmp_path
         (out,) = comfy_env.run_node(tn.TextEncode, positive=PROMPTS[0], negative=PROMPTS[1], t5=t5)
         torch.testing.assert_close(out.positive, reference(hf_t5, comfy_tokenizer_dir, PROMPTS[0]), rtol=0, atol=0)
         torch.testing.assert_close(out.negative, reference(hf_t5, comfy_tokenizer_dir, PROMPTS[1]), rtol=0, atol=0)
+
+    # precision "default" follows ComfyUI's text-encoder dtype rule; the weights wait on the text offload device
+    from echovideo import text
+
+    bridge = comfy_env.pack_module("nodes.bridge")
+    offload_marker, seen = torch.device("cpu", 7), {}
+    real_loader, real_offload = text.load_t5_encoder, bridge.offload_device
+
+    def spy_loader(path, dtype, device):
+        seen.update(dtype=dtype, device=device)
+        return real_loader(path, dtype=dtype, device="cpu")
+
+    monkeypatch.setattr(text, "load_t5_encoder", spy_loader)
+    monkeypatch.setattr(bridge, "t5_dtype", lambda device=None: torch.float16)
+    monkeypatch.setattr(bridge, "offload_device", lambda kind="unet": offload_marker if kind == "text"
+                        else real_offload(kind))
+    comfy_env.run_node(tn.T5Loader, t5_name="t5-tiny", precision="default")
+    assert seen == {"dtype": torch.float16, "device": offload_marker}
 
 
 def test_text_encode_needs_exactly_one_encoder(hf_t5):

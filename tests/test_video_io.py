@@ -1,0 +1,35 @@
+"""save_video: out-of-range values clip, animations loop forever."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from echovideo.video_io import save_video
+
+
+def frames_out_of_range():
+    # two 2x4 grey frames: columns -0.5, 0, 1, 1.5, then the same reversed
+    row = torch.tensor([-0.5, 0.0, 1.0, 1.5]).reshape(1, 4, 1).expand(2, 4, 3)
+    return torch.stack([row, row.flip(1)])
+
+
+def test_values_outside_0_1_clip(tmp_path):
+    path = str(tmp_path / "clip.webp")  # lossless: pixels come back exactly
+    save_video(frames_out_of_range(), path)
+    with Image.open(path) as im:
+        assert im.n_frames == 2
+        first = np.asarray(im.convert("RGB"))
+        im.seek(1)
+        second = np.asarray(im.convert("RGB"))
+    # -0.5 -> 0 and 1.5 -> 255, not wrapped around by the uint8 conversion
+    assert first.tolist() == [[[v] * 3 for v in (0, 0, 255, 255)]] * 2
+    assert second.tolist() == [[[v] * 3 for v in (255, 255, 0, 0)]] * 2
+
+
+@pytest.mark.parametrize("ext", [".gif", ".webp"])
+def test_animation_loops_forever(tmp_path, ext):
+    path = str(tmp_path / ("loop" + ext))
+    save_video(torch.rand(3, 8, 8, 3, generator=torch.Generator().manual_seed(0)), path, fps=10)
+    with Image.open(path) as im:
+        assert im.n_frames == 3
+        assert im.info.get("loop") == 0  # 0: forever (a GIF without it plays once)
