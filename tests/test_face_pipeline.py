@@ -429,3 +429,78 @@ def test_release_one_model_set_keeps_the_others(tiny_dirs):
     F.release_face_models(other)
     assert cached_face_models() == 1 and F.load_face_models(paths, "cpu") is kept
     F.release_face_models()
+
+
+# --- parser input, model cache ------------------------------------------------------------
+
+def test_parser_gets_imagenet_normalised_rgb():
+    """BiSeNet's input is the RGB crop /255, ImageNet-normalised per channel (as facexlib/the published code)."""
+    seen = []
+
+    class SpyParser(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            seen.append(x.clone())
+            return (torch.zeros(x.shape[0], 19, *x.shape[2:]),)  # label 0 everywhere
+
+    bgr = noise(16, 24, seed=5)
+    bgr[0, 0] = (0, 128, 255)  # B, G, R
+    F.parse_face(SpyParser(), bgr)
+    (x,) = seen
+    rgb = bgr[:, :, ::-1].astype(np.float32) / 255.0
+    want = (rgb - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+    assert x.shape == (1, 3, 16, 24) and x.dtype == torch.float32
+    np.testing.assert_allclose(x[0].permute(1, 2, 0).numpy(), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(x[0, :, 0, 0].numpy(), [(1 - 0.485) / 0.229, (128 / 255 - 0.456) / 0.224,
+                                                      -0.406 / 0.225], rtol=1e-5)
+
+
+def _linked_paths(tiny_dirs, dest, name):
+    """The same tiny model files under another folder name: another cache key, no copying."""
+    (dest / name).mkdir()
+    os.symlink(tiny_dirs["insightface_root"], dest / name / "insightface")
+    os.symlink(tiny_dirs["facexlib_dir"], dest / name / "facexlib")
+    return F.FaceModelPaths(str(dest / name / "insightface"), str(dest / name / "facexlib"))
+
+
+def test_model_cache_is_bounded_and_least_recently_used(tmp_path, tiny_dirs):
+    from echovideo.face.models import _CACHE_SIZE, cached_face_models
+
+    assert _CACHE_SIZE == 2
+    a, b, c = (_linked_paths(tiny_dirs, tmp_path, n) for n in "abc")
+    F.release_face_models()
+    try:
+        ma = F.load_face_models(a)
+        mb = F.load_face_models(b)
+        assert F.load_face_models(a) is ma  # a used again: b is now the least recently used
+        mc = F.load_face_models(c)
+        assert cached_face_models() == 2  # b evicted, not kept
+        assert F.load_face_models(a) is ma and F.load_face_models(c) is mc
+        assert F.load_face_models(b) is not mb  # loaded again; evicts a (c was used after it)
+        assert F.load_face_models(c) is mc and F.load_face_models(a) is not ma
+        assert cached_face_models() == 2
+    finally:
+        F.release_face_models()
+
+
+def test_retinaface_loads_once_per_model_set(models, monkeypatch):
+    """The fallback detector is loaded on first use and kept, not read again on each fallback detection."""
+    from echovideo.face import models as models_mod
+
+    class NoFaces:
+        def detect_faces(self, image, threshold):
+            return np.zeros((0, 15), np.float32)
+
+    built = []
+    monkeypatch.setattr(models_mod, "_build_retinaface", lambda path, device: built.append(path) or NoFaces())
+    m = F.FaceModels(paths=models.paths, device="cpu", providers=models.providers, detector=models.detector,
+                     recognizer=models.recognizer, parser=models.parser)  # a set whose RetinaFace is not loaded yet
+    assert built == []
+    for _ in range(2):  # black: SCRFD finds nothing, so each call falls back to RetinaFace
+        with pytest.raises(F.NoFaceFoundError):
+            F.extract_identity(m, np.zeros((120, 160, 3), np.uint8))
+    assert built == [models.paths.retinaface]
+    assert m.retinaface is m.retinaface and isinstance(m.retinaface, NoFaces) and len(built) == 1

@@ -185,3 +185,39 @@ def test_sentencepiece_tokenizer_folder(tmp_path):
     assert ids.shape == (1, 226)
     n = int((ids[0] != 0).sum())
     assert ids[0, n - 1].item() == 1 and (ids[0, n:] == 0).all()
+
+
+def _single_file(path, state):
+    save_file({k: v.clone().contiguous() for k, v in state.items()}, str(path),  # clone: no shared storage
+              metadata={"config": json.dumps(tiny_config().to_dict())})
+    return str(path)
+
+
+def test_full_t5_checkpoint_decoder_and_lm_head_are_skipped(tiny_t5, tmp_path):
+    """A full T5 file (encoder + decoder + lm_head, as T5ForConditionalGeneration saves) loads as the encoder."""
+    model, _, tok_dir = tiny_t5
+    enc_sd = {k: v for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    full = transformers.T5ForConditionalGeneration(transformers.T5Config(**dict(
+        tiny_config().to_dict(), is_encoder_decoder=True)))
+    extra = {k: v for k, v in full.state_dict().items() if k.startswith(("decoder.", "lm_head."))}
+    assert any(k.startswith("lm_head.") for k in extra) and any(k.startswith("decoder.") for k in extra)
+    enc_only = text.load_t5_encoder(_single_file(tmp_path / "enc.safetensors", enc_sd), dtype=torch.float32)
+    enc_full = text.load_t5_encoder(_single_file(tmp_path / "full.safetensors", {**enc_sd, **extra}),
+                                    dtype=torch.float32)
+    assert not any(n.startswith(("decoder.", "lm_head.")) for n, _ in enc_full.named_parameters())
+    tok = text.load_tokenizer(tok_dir)
+    got = text.encode_prompt(enc_full, tok, "a man smiles")
+    torch.testing.assert_close(got, text.encode_prompt(enc_only, tok, "a man smiles"), rtol=0, atol=0)
+    torch.testing.assert_close(got, reference(model, tok, "a man smiles"))
+
+
+def test_embed_tokens_without_shared_weight(tiny_t5, tmp_path):
+    """A file holding only encoder.embed_tokens.weight (no shared.weight) uses it as the shared embedding."""
+    model, _, tok_dir = tiny_t5
+    sd = {k: v for k, v in model.state_dict().items() if k != "shared.weight"}
+    assert "encoder.embed_tokens.weight" in sd
+    enc = text.load_t5_encoder(_single_file(tmp_path / "embed.safetensors", sd), dtype=torch.float32)
+    assert torch.equal(enc.shared.weight, model.shared.weight)
+    tok = text.load_tokenizer(tok_dir)
+    torch.testing.assert_close(text.encode_prompt(enc, tok, "red hat"), reference(model, tok, "red hat"),
+                               rtol=0, atol=0)

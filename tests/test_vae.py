@@ -165,3 +165,48 @@ def test_pad_to_aspect_rule(width, height, shape, top, left):
     assert out.shape == (*shape, 3)
     assert (out[top:top + 8, left:left + 10] == 200).all()
     assert out.sum() == face.sum()  # everything else black
+
+
+def test_load_vae_in_bf16(tmp_path):
+    """load_vae(dtype=bf16) gives bf16 weights: the fp32 file's values rounded to bf16."""
+    p = tiny.PRESETS["shared"]
+    src = tiny.tiny_vae(p)
+    path = str(tmp_path / "vae.safetensors")
+    checkpoint.save_single_file(src, tiny.vae_config(p), path)
+    loaded = vae_lib.load_vae(path, dtype=torch.bfloat16)
+    params = dict(loaded.named_parameters())
+    assert params and all(t.dtype == torch.bfloat16 for t in params.values())
+    assert loaded.dtype == torch.bfloat16
+    want = dict(src.named_parameters())
+    assert all(torch.equal(t, want[n].to(torch.bfloat16)) for n, t in params.items())
+    assert all(t.dtype == torch.float32 for t in vae_lib.load_vae(path).parameters())  # default stays fp32
+
+
+def test_progress_hook_is_removed_after_decode(vae):
+    """A decode's progress callback is not called by later decodes (its decoder hook is removed)."""
+    z = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    first, second = [], []
+    vae_lib.decode_raw(vae, z, progress=lambda i, n: first.append((i, n)))
+    assert first == [(1, 1)]
+    vae_lib.decode_raw(vae, z)  # no progress
+    vae_lib.decode_raw(vae, z, progress=lambda i, n: second.append((i, n)))
+    assert first == [(1, 1)] and second == [(1, 1)]
+
+
+@pytest.mark.parametrize("tile_size, overlap_latents", [(128, 3), (224, 5), (64, 1)])
+def test_custom_tile_overlap_is_rounded_to_whole_latents(vae, tile_size, overlap_latents):
+    """The 1/6 overlap is rounded to the nearest whole latent (16 latents / 6 = 2.67 -> 3, 28 / 6 = 4.67 -> 5),
+    and diffusers' stride from the factor agrees with it."""
+    vae_lib.configure_tiling(vae, True, tile_size)
+    tile_latent = tile_size // 8  # 4 blocks: 8x spatial compression
+    assert vae.tile_sample_min_height == vae.tile_sample_min_width == tile_size
+    assert vae.tile_latent_min_height == tile_latent
+    assert round(vae.tile_overlap_factor_height * tile_latent) == overlap_latents
+    assert vae.tile_overlap_factor_width == vae.tile_overlap_factor_height
+    stride = tile_latent - overlap_latents
+    assert int(tile_latent * (1 - vae.tile_overlap_factor_height)) == stride  # diffusers' latent stride
+    assert tile_size - int(tile_size * vae.tile_overlap_factor_height) == stride * 8  # and its pixel stride
+    # the progress total counts tiles with that stride: 40 latents -> tiles at 0, s, 2s, ... below 40
+    n = len(range(0, 40, stride))
+    assert vae_lib.decoder_calls_per_video(vae, 2, 40, 40) == n * n
+    vae_lib.configure_tiling(vae, False)
