@@ -27,18 +27,29 @@ def single_file_config(path: str) -> Optional[dict]:
         raise CheckpointError(f"{path}: {SAFETENSORS_HINT}")
     with safe_open(path, "pt") as f:
         meta = f.metadata() or {}
-    return json.loads(meta["config"]) if "config" in meta else None
+    return parse_json(meta["config"], f"{path}: the 'config' metadata") if "config" in meta else None
+
+
+def parse_json(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{where} is not valid JSON ({e}); is the file complete? Download it again") from None
+
+
+def read_json_file(path: str):
+    with open(path) as f:
+        return parse_json(f.read(), path)
 
 
 def _weight_files(path: str):
     """(list of safetensors files, config dict or None)."""
     if os.path.isdir(path):
         cfg_file = os.path.join(path, "config.json")
-        config = json.load(open(cfg_file)) if os.path.isfile(cfg_file) else None
+        config = read_json_file(cfg_file) if os.path.isfile(cfg_file) else None
         index = [f for f in os.listdir(path) if f.endswith(".safetensors.index.json")]
         if index:
-            with open(os.path.join(path, index[0])) as f:
-                names = sorted(set(json.load(f)["weight_map"].values()))
+            names = sorted(set(read_json_file(os.path.join(path, index[0]))["weight_map"].values()))
         else:
             names = sorted(f for f in os.listdir(path) if f.lower().endswith(SAFETENSORS_EXTENSIONS))
         if not names:
@@ -121,8 +132,7 @@ def read_config_and_weights(path: str, what: str, default_config: Optional[dict]
         cfg_file = os.path.join(path, "config.json")
         if not os.path.isfile(cfg_file):
             raise CheckpointError(f"{what} folder {path} has no config.json")
-        with open(cfg_file) as f:
-            config = json.load(f)
+        config = read_json_file(cfg_file)
         files = sorted(n for n in os.listdir(path) if n.lower().endswith(SAFETENSORS_EXTENSIONS))
         if not files:
             raise CheckpointError(f"{what} folder {path} has no .safetensors weights; {SAFETENSORS_HINT}")

@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
+from .checkpoint import read_json_file
 from .errors import CheckpointError, EchoVideoInputError
 
 MAX_LENGTH = 226  # the reference's max_sequence_length
@@ -48,8 +49,8 @@ def find_tokenizer_beside(weights_path: str) -> Optional[str]:
 
 def tokenize(tokenizer, prompt: Union[str, Sequence[str]], max_length: int = MAX_LENGTH) -> torch.Tensor:
     """Reference token ids: [B, max_length] int64 (EOS appended, padded with pad id, truncated)."""
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if not all(isinstance(p, str) for p in prompts):
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
+    if prompts is None or not all(isinstance(p, str) for p in prompts):
         raise EchoVideoInputError(f"prompt: got {type(prompt).__name__}, needs a string or list of strings")
     out = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
                     add_special_tokens=True, return_tensors="pt")
@@ -83,8 +84,7 @@ def _config_from(folder_or_file: str) -> tuple[dict, List[str]]:
         if not os.path.isfile(cfg_path):
             raise CheckpointError(f"T5 folder {folder_or_file!r} has no config.json (needs the transformers layout: "
                                   "config.json + *.safetensors)")
-        with open(cfg_path, encoding="utf-8") as f:
-            config = json.load(f)
+        config = read_json_file(cfg_path)
         files = sorted(os.path.join(folder_or_file, n) for n in os.listdir(folder_or_file)
                        if n.lower().endswith((".safetensors", ".sft")))
         if not files:

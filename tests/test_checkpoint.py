@@ -192,3 +192,118 @@ def test_prefixed_keys_load(tmp_path, prefix):
     save_file(state, path, metadata={"config": json.dumps(model.config.to_dict()), "format": "pt"})
     loaded = checkpoint.load_transformer(path)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+# ---- pinned by a mutation sweep (tiny models only: no golden file needed)
+
+GENERIC_CAUSE = ("the file is not an EchoVideo transformer, or its config (safetensors metadata 'config' or "
+                 "config.json) does not match its weights")
+
+
+def _tiny_dit():
+    from echovideo import tiny
+
+    return tiny.tiny_dit(tiny.PRESETS["shared"])
+
+
+def _save_state(state, config, path):
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path),
+              metadata={"config": json.dumps(config.to_dict()), "format": "pt"})
+    return str(path)
+
+
+def test_partly_other_model_file_is_not_called_plain_cogvideox(tmp_path):
+    """Identity modules missing AND other keys missing (a file that is partly another model's): the plain
+    CogVideoX-5B diagnosis needs every missing key to be an identity-module key; this gets the generic cause."""
+    model = _tiny_dit()
+    keys = list(model.state_dict())
+    kept = [k for k in keys if k.split(".")[0] not in IDENTITY_MODULES and not k.startswith("transformer_blocks.1.")]
+    assert len(kept) < len(keys) - 1
+    state = {k: model.state_dict()[k] for k in kept}
+    state["encoder.block.0.layer.0.SelfAttention.q.weight"] = torch.zeros(4, 4)  # another model's key
+    path = _save_state(state, model.config, tmp_path / "partly.safetensors")
+    missing = [k for k in keys if k not in state]
+    assert any(k.split(".")[0] in IDENTITY_MODULES for k in missing)  # some identity keys are missing too
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load_transformer(path)
+    assert str(info.value) == (
+        f"{path}: does not match the EchoVideo transformer: {len(missing)} missing, 1 unexpected, 0 wrong-shape "
+        f"keys; first missing: {missing[0]}; first unexpected: encoder.block.0.layer.0.SelfAttention.q.weight. "
+        f"Likely cause: {GENERIC_CAUSE}")
+    assert "plain CogVideoX" not in str(info.value)
+
+
+def test_generic_likely_cause_text(tmp_path):
+    """Missing non-identity keys (no specific diagnosis): the message ends with the generic cause."""
+    model = _tiny_dit()
+    state = {k: v for k, v in model.state_dict().items() if k != "proj_out.weight"}
+    assert len(state) == len(model.state_dict()) - 1
+    path = _save_state(state, model.config, tmp_path / "generic.safetensors")
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load_transformer(path)
+    assert str(info.value) == (
+        f"{path}: does not match the EchoVideo transformer: 1 missing, 0 unexpected, 0 wrong-shape keys; "
+        f"first missing: proj_out.weight. Likely cause: {GENERIC_CAUSE}")
+    # and straight from diagnose: unexpected keys only
+    expected = {"a.weight": (2,)}
+    assert checkpoint.diagnose({"a.weight": (2,), "b": (1,)}, expected) == (
+        f"0 missing, 1 unexpected, 0 wrong-shape keys; first unexpected: b. Likely cause: {GENERIC_CAUSE}")
+
+
+@pytest.mark.parametrize("what", ["VAE", "SigLIP"])
+def test_vae_and_siglip_folder_without_config_json(tmp_path, what):
+    from echovideo import siglip, vae
+
+    folder = tmp_path / what.lower()
+    folder.mkdir()
+    save_file({"x": torch.zeros(1)}, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=re.escape(f"{what} folder {folder} has no config.json")):
+        (vae.load_vae if what == "VAE" else siglip.load_siglip)(str(folder))
+    with pytest.raises(CheckpointError, match=re.escape(f"{what} folder {folder} has no config.json")):
+        checkpoint.read_config_and_weights(str(folder), what)
+
+
+def test_fp16_weights_compute_in_fp16_by_default(tmp_path):
+    """fp16-stored weights compute in fp16 by default (not bf16); an explicit compute_dtype still wins."""
+    model = _tiny_dit()
+    path = str(tmp_path / "fp16.safetensors")
+    checkpoint.save_single_file(model, model.config, path, torch.float16)
+    loaded = checkpoint.load_transformer(path)
+    assert loaded.weight_dtype == torch.float16
+    assert loaded.compute_dtype == torch.float16
+    assert checkpoint.default_compute_dtype(torch.float16) == torch.float16
+    assert checkpoint.load_transformer(path, compute_dtype=torch.float32).compute_dtype == torch.float32
+
+
+def test_loaded_models_need_no_grad(tmp_path):
+    model = _tiny_dit()
+    path = str(tmp_path / "echo.safetensors")
+    checkpoint.save_single_file(model, model.config, path)
+    loaded = checkpoint.load_transformer(path)
+    params = list(loaded.parameters())
+    assert params and not any(p.requires_grad for p in params)
+    assert not loaded.training
+
+
+def test_broken_config_json_is_a_checkpoint_error(tmp_path):
+    """Bad JSON in a single file's config metadata, a folder's config.json or its shard index names the file
+    (a raw JSONDecodeError would not)."""
+    from echovideo import vae
+
+    model = _tiny_dit()
+    path = str(tmp_path / "bad.safetensors")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path, metadata={"config": "{not json"})
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: the 'config' metadata is not valid JSON")):
+        checkpoint.load_transformer(path)
+    folder = tmp_path / "vae"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"latent_channels": 4,')  # cut off
+    save_file({"x": torch.zeros(1)}, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=re.escape(f"{folder / 'config.json'} is not valid JSON")):
+        vae.load_vae(str(folder))
+    dit_folder = tmp_path / "dit"
+    dit_folder.mkdir()
+    (dit_folder / "config.json").write_text(json.dumps(model.config.to_dict()))
+    (dit_folder / "diffusion_pytorch_model.safetensors.index.json").write_text("{")
+    with pytest.raises(CheckpointError, match="safetensors.index.json is not valid JSON"):
+        checkpoint.load_transformer(str(dit_folder))

@@ -221,3 +221,52 @@ def test_embed_tokens_without_shared_weight(tiny_t5, tmp_path):
     tok = text.load_tokenizer(tok_dir)
     torch.testing.assert_close(text.encode_prompt(enc, tok, "red hat"), reference(model, tok, "red hat"),
                                rtol=0, atol=0)
+
+
+# ---- pinned by a mutation sweep
+
+@pytest.mark.parametrize("prompt,kind", [(["a man", 5], "list"), ([None], "list"), (b"a man", "bytes"), (5, "int"),
+                                         (None, "NoneType")])
+def test_non_string_prompt_is_named(tiny_t5, prompt, kind):
+    from echovideo.errors import EchoVideoInputError
+
+    tok = text.load_tokenizer(tiny_t5[2])
+    with pytest.raises(EchoVideoInputError, match=f"^prompt: got {kind}, needs a string or list of strings$"):
+        text.tokenize(tok, prompt)
+
+
+@pytest.mark.parametrize("ext", [".bin", ".pt", ".pth", ".ckpt"])
+def test_pickle_t5_hints_safetensors(tmp_path, ext):
+    folder = tmp_path / "t5"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(tiny_config().to_dict()))
+    (folder / f"pytorch_model{ext}").write_bytes(b"x")
+    with pytest.raises(CheckpointError) as info:
+        text.load_t5_encoder(str(folder))
+    assert str(info.value) == (f"T5 folder {str(folder)!r} has no .safetensors weights (found pytorch_model{ext}: "
+                               "pickle files are not loaded; convert them to safetensors)")
+    single = tmp_path / f"t5{ext}"
+    single.write_bytes(b"x")
+    with pytest.raises(CheckpointError) as info:
+        text.load_t5_encoder(str(single))
+    assert str(info.value) == f"{str(single)!r}: only safetensors files are loaded (no pickle)"
+
+
+def test_sft_single_file_loads_like_safetensors(tiny_t5, tmp_path):
+    model, _, tok_dir = tiny_t5
+    sd = {k: v for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    enc_sft = text.load_t5_encoder(_single_file(tmp_path / "t5.sft", sd), dtype=torch.float32)
+    enc_st = text.load_t5_encoder(_single_file(tmp_path / "t5.safetensors", sd), dtype=torch.float32)
+    tok = text.load_tokenizer(tok_dir)
+    got = text.encode_prompt(enc_sft, tok, "a man smiles")
+    torch.testing.assert_close(got, text.encode_prompt(enc_st, tok, "a man smiles"), rtol=0, atol=0)
+    torch.testing.assert_close(got, reference(model, tok, "a man smiles"))
+
+
+def test_invalid_config_metadata_json_is_a_checkpoint_error(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"config": "{not json"})
+    with pytest.raises(CheckpointError, match="metadata 'config' is not valid JSON") as info:
+        text.load_t5_encoder(str(path))
+    assert not isinstance(info.value, json.JSONDecodeError)
+    assert str(info.value).startswith(f"{str(path)!r}: ")
