@@ -504,3 +504,28 @@ def test_retinaface_loads_once_per_model_set(models, monkeypatch):
             F.extract_identity(m, np.zeros((120, 160, 3), np.uint8))
     assert built == [models.paths.retinaface]
     assert m.retinaface is m.retinaface and isinstance(m.retinaface, NoFaces) and len(built) == 1
+
+
+def test_to_uint8_rgb_rounds_floats_to_nearest():
+    """Floats round to the nearest level ((k + 0.6) / 255 -> k + 1, (k + 0.4) / 255 -> k), clipped to 0..255."""
+    k = np.arange(0, 255, dtype=np.float64)
+    up = np.broadcast_to(((k + 0.6) / 255.0)[None, :, None], (2, 255, 3))
+    down = np.broadcast_to(((k + 0.4) / 255.0)[None, :, None], (2, 255, 3))
+    assert np.array_equal(F.to_uint8_rgb(up)[0, :, 0], np.arange(1, 256))
+    assert np.array_equal(F.to_uint8_rgb(torch.from_numpy(up.astype(np.float32)))[0, :, 0], np.arange(1, 256))
+    assert np.array_equal(F.to_uint8_rgb(down)[0, :, 0], np.arange(0, 255))
+    edges = np.array([-0.5, 0.5 / 255 + 1e-6, 1.5]).reshape(1, 3, 1).repeat(2, 0).repeat(3, 2)
+    assert F.to_uint8_rgb(edges)[0, :, 0].tolist() == [0, 1, 255]
+
+
+def test_single_image_error_has_no_batch_prefix(models):
+    """One photo: the error as extract_identity words it; a batch names the photo ("image 1 of 2: ...")."""
+    black = np.zeros((480, 640, 3), np.uint8)
+    with pytest.raises(F.NoFaceFoundError) as one:
+        F.extract_identities(models, [black])
+    with pytest.raises(F.NoFaceFoundError) as plain:
+        F.extract_identity(models, black)
+    assert str(one.value) == str(plain.value) and str(one.value).startswith("no face found")
+    with pytest.raises(F.NoFaceFoundError) as batch:
+        F.extract_identities(models, np.stack([black, noise(480, 640)]))
+    assert str(batch.value) == "image 1 of 2: " + str(plain.value)

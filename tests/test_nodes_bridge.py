@@ -253,3 +253,58 @@ def test_entrypoint_lists_documented_nodes():
         "EchoVideoFaceEncoderLoader", "EchoVideoFaceEncode", "EchoVideoIITFFusion", "EchoVideoFaceFrameEncode",
         "EchoVideoSampler", "EchoVideoVAEDecode", "EchoVideoCompileSettings", "EchoVideoStepCache"])
     assert not hasattr(pack, "NODE_CLASS_MAPPINGS")  # V1 mappings would win over the V3 entrypoint
+
+
+def test_model_file_extensions_match_in_any_case(bridge, tmp_path, monkeypatch):
+    """MODEL.SAFETENSORS / x.Sft are listed and resolved like lower-case names; other extensions are not."""
+    import folder_paths
+
+    for name in ("MODEL.SAFETENSORS", "b.Safetensors", "c.Sft", "d.ckpt"):
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "diffusion_models",
+                        ([str(tmp_path)], {".safetensors", ".sft", ".ckpt"}))
+    folder_paths.filename_list_cache.pop("diffusion_models", None)
+    assert bridge.file_list("diffusion_models") == ["MODEL.SAFETENSORS", "b.Safetensors", "c.Sft"]
+    assert bridge.model_entries("diffusion_models") == ["MODEL.SAFETENSORS", "b.Safetensors", "c.Sft"]
+    assert bridge.file_list("diffusion_models", (".ckpt",)) == ["d.ckpt"]
+    assert bridge.resolve_entry("diffusion_models", "MODEL.SAFETENSORS") == str(tmp_path / "MODEL.SAFETENSORS")
+    folder_paths.filename_list_cache.pop("diffusion_models", None)
+
+
+def test_resolve_entry_refuses_names_outside_the_model_folders(bridge, tmp_path, monkeypatch):
+    """'..' or an absolute path naming a model that really exists outside the folder is refused, not loaded."""
+    import folder_paths
+
+    root = tmp_path / "models"
+    (root / "inside").mkdir(parents=True)
+    (root / "inside" / "config.json").write_text("{}")
+    outside = tmp_path / "outside"  # a diffusers-layout folder next to the models root
+    outside.mkdir()
+    (outside / "config.json").write_text("{}")
+    (tmp_path / "outside.safetensors").write_bytes(b"")
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "diffusion_models", ([str(root)], {".safetensors"}))
+    folder_paths.filename_list_cache.pop("diffusion_models", None)
+    assert bridge.resolve_entry("diffusion_models", "inside") == str(root / "inside")
+    for name in ("../outside", str(outside), "inside/../../outside", "../outside.safetensors",
+                 str(tmp_path / "outside.safetensors")):
+        with pytest.raises(FileNotFoundError, match=r"EchoVideo: model '.*outside.*' not found in the "
+                                                    r"'diffusion_models' folders; searched: " + str(root)):
+            bridge.resolve_entry("diffusion_models", name)
+
+
+def test_latent_preview_shows_the_middle_frame(bridge):
+    """The preview is the middle latent frame (frame 0 is the face frame): first 3 channels, min-max to 0..255,
+    4x nearest upscale."""
+    import numpy as np
+
+    lat = torch.zeros(1, 5, 16, 3, 4)
+    mid = torch.arange(3 * 12, dtype=torch.float32).reshape(3, 3, 4) * torch.tensor([1.0, -2.0, 0.5])[:, None, None]
+    lat[0, 2, :3] = mid
+    lat[0, 2, 3:] = 100.0  # channels past the first 3 are not shown
+    lat[0, 0, :3] = torch.randn(3, 3, 4)  # neither is the face frame
+    img = np.asarray(bridge.latent_preview_image(lat))
+    assert img.shape == (12, 16, 3)
+    lo, hi = mid.amin(dim=(1, 2), keepdim=True), mid.amax(dim=(1, 2), keepdim=True)
+    want = ((mid - lo) / (hi - lo) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(img, want.repeat(4, axis=0).repeat(4, axis=1))
+    assert img[0, 0].tolist() == [0, 255, 0] and img[-1, -1].tolist() == [255, 0, 255]

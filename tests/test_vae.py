@@ -210,3 +210,50 @@ def test_custom_tile_overlap_is_rounded_to_whole_latents(vae, tile_size, overlap
     n = len(range(0, 40, stride))
     assert vae_lib.decoder_calls_per_video(vae, 2, 40, 40) == n * n
     vae_lib.configure_tiling(vae, False)
+
+
+def test_decode_region_is_capped_at_the_frame(vae):
+    """A video smaller than the tile: one decoder pass sees the whole frame, no more (the memory request)."""
+    assert vae_lib.decode_region(vae, 64, 96, True, tile_size=256) == (64, 96)
+    assert vae_lib.decode_region(vae, 64, 300, True, tile_size=128) == (64, 128)  # only the wide side is tiled
+    t = vae_lib.default_tiling(vae)
+    small = (t["tile_sample_min_height"] // 2, t["tile_sample_min_width"] // 2)
+    assert vae_lib.decode_region(vae, *small, True) == small  # default tiles, same cap
+    assert vae_lib.decode_region(vae, 64, 96, False, tile_size=32) == (64, 96)
+
+
+def test_progress_total_when_only_one_side_exceeds_the_tile(vae):
+    """Tiling applies when either side is larger than a tile: 4 x 24 latents with 8-latent tiles (stride 7)
+    -> 1 x 4 tiles per frame chunk."""
+    seen = []
+    z = torch.randn(1, 5, 4, 4, 24, generator=torch.Generator().manual_seed(5))
+    vae_lib.decode_raw(vae, z, tiling=True, tile_size=64, progress=lambda i, n: seen.append((i, n)))
+    assert seen == [(i, 2 * 1 * 4) for i in range(1, 9)]  # 2 frame chunks x 1 x 4 tiles
+    seen.clear()
+    vae_lib.decode_raw(vae, z.transpose(3, 4).contiguous(), tiling=True, tile_size=64,
+                       progress=lambda i, n: seen.append((i, n)))
+    assert seen == [(i, 8) for i in range(1, 9)]  # tall instead of wide: the same count
+
+
+def test_out_of_memory_in_vae_decode_tiled_raises_untiled_retries(monkeypatch):
+    """An OOM inside the VAE's own decode: untiled -> one tiled retry, logged; already tiled -> the error
+    stands, nothing logged (no misleading "retrying with tiling")."""
+    vae = tiny.tiny_vae(tiny.PRESETS["shared"])
+    real, calls = vae.decode, []
+
+    def decode(z, *a, **k):
+        calls.append(vae.use_tiling)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(z, *a, **k)
+
+    monkeypatch.setattr(vae, "decode", decode)
+    z = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    logged = []
+    with pytest.raises(torch.OutOfMemoryError, match="simulated"):
+        vae_lib.decode_to_images(vae, z, tiling=True, tile_size=64, log=logged.append)
+    assert calls == [True] and logged == []
+    calls.clear()
+    frames = vae_lib.decode_to_images(vae, z, tiling=False, tile_size=64, log=logged.append)
+    assert calls == [False, True] and frames.shape == (9, 64, 64, 3)
+    assert logged == ["EchoVideo VAE decode ran out of memory untiled; retrying with tiling"]
