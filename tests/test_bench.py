@@ -66,3 +66,91 @@ def test_bad_option_fails_before_building_models(no_models, capsys, option, valu
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "usage:" in err
     assert f"{option}: got" in err and says in err
+
+
+# --- mutation sweep (benchmark script): overrides reach the run, the step-cache branch, decode and compile options ---
+
+
+def test_frame_and_step_overrides_reach_the_models(no_models, monkeypatch):
+    seen = []
+
+    def built(preset, *_):
+        seen.append(preset)
+        raise ModelBuilt
+
+    monkeypatch.setattr(no_models.tiny, "tiny_dit", built)
+    with pytest.raises(ModelBuilt):
+        no_models.main(["--preset", "shared", "--frames", "17", "--steps", "3", "--threads", "1"])
+    assert (seen[0].frames, seen[0].steps, seen[0].layers) == (17, 3, 2)
+
+
+def _main_json(bench, capsys, *argv):
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--preset", "shared", "--threads", "1", "--json", *argv])
+        used = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1]), used
+
+
+def test_step_cache_run_and_decode_options(bench, capsys, monkeypatch):
+    """--step-cache 0 runs the cached loop too: every step computed, so the same DiT calls and no deviation;
+    --no-tiling and --tile-size reach the decode; --threads sets torch's thread count."""
+    decodes = []
+    real = bench.vae_lib.decode_to_images
+    monkeypatch.setattr(bench.vae_lib, "decode_to_images",
+                        lambda vae, latents, **kw: (decodes.append(kw), real(vae, latents, **kw))[1])
+    out, threads = _main_json(bench, capsys, "--steps", "3", "--step-cache", "0", "--no-tiling", "--tile-size", "64")
+    assert threads == 1
+    assert decodes == [dict(tiling=False, tile_size=64)] and out["tile_size"] == 64
+    assert out["step_cache_threshold"] == 0.0 and out["dit_calls"] == 3 and out["step_cache_dit_calls"] == 3
+    assert out["step_cache_call_reduction"] == 1.0 and out["step_cache_max_rel_deviation"] == 0.0
+
+
+def test_step_cache_run_skips_at_a_high_threshold(bench, capsys, monkeypatch):
+    """At threshold 1 the cached run is built with that threshold, skips steps and reports fewer DiT calls, their
+    ratio and a non-zero deviation; the decode is tiled by default."""
+    made, decodes = [], []
+    real_cache, real = bench.StepCache, bench.vae_lib.decode_to_images
+    monkeypatch.setattr(bench, "StepCache", lambda dit, **kw: (made.append(kw), real_cache(dit, **kw))[1])
+    monkeypatch.setattr(bench.vae_lib, "decode_to_images",
+                        lambda vae, latents, **kw: (decodes.append(kw), real(vae, latents, **kw))[1])
+    out, _ = _main_json(bench, capsys, "--steps", "6", "--step-cache", "1.0")
+    assert made == [dict(threshold=1.0)] and decodes == [dict(tiling=True, tile_size=None)]
+    assert out["step_cache_dit_calls"] < out["dit_calls"] == 6
+    assert out["step_cache_call_reduction"] == round(6 / out["step_cache_dit_calls"], 3)
+    assert out["step_cache_max_rel_deviation"] > 0
+
+
+def test_step_cache_flag_without_value_is_the_default_threshold(bench, monkeypatch):
+    from echovideo.step_cache import DEFAULT_THRESHOLD
+
+    seen = []
+
+    def stop(*_):
+        raise ModelBuilt
+
+    real_check = bench.check_args
+    monkeypatch.setattr(bench, "check_args", lambda ap, args, preset: (seen.append(args), real_check(ap, args, preset)))
+    monkeypatch.setattr(bench.tiny, "tiny_dit", stop)
+    with pytest.raises(ModelBuilt):
+        bench.main(["--preset", "shared", "--step-cache"])
+    assert seen[0].step_cache == DEFAULT_THRESHOLD
+
+
+def test_guidance_one_fuses_once_and_compile_backend_is_passed(bench, capsys, monkeypatch):
+    """Without CFG (guidance 1) the identity is fused for the positive branch only; --compile hands its backend
+    to compile_blocks and runs an untimed warm-up."""
+    import dataclasses
+
+    import echovideo.compile
+
+    monkeypatch.setitem(bench.tiny.PRESETS, "shared", dataclasses.replace(bench.tiny.PRESETS["shared"], guidance=1.0))
+    compiled = []
+    monkeypatch.setattr(echovideo.compile, "compile_blocks", lambda dit, **kw: compiled.append(kw))
+    out, _ = _main_json(bench, capsys, "--steps", "1", "--compile", "eager")
+    assert out["fusion_calls"] == 1 and out["dit_calls"] == 1
+    assert compiled == [dict(backend="eager")] and out["compile"] == "eager" and out["compile_warmup_s"] is not None

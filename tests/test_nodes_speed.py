@@ -301,3 +301,118 @@ def test_comfy_attention_matches_golden(env, path, monkeypatch):
     model.set_attention("comfy")
     assert_close_scaled(level1_output(model, g), g["transformer.out.model_output"], name="comfy attention")
     assert len(calls) == g.meta["transformer_config"]["num_layers"]  # one call per block
+
+
+# --- mutation sweep (speed nodes): compile checks per device, option validation, defaults, node list, entrypoint ---
+
+
+def _bundle_on(device):
+    """A ModelBundle whose ComfyUI load device is `device` (no weights: the checks run before any model use)."""
+    from types import SimpleNamespace
+
+    types = mods()[3]
+    return types.ModelBundle(patcher=SimpleNamespace(load_device=torch.device(device)), path="x",
+                             weight_dtype=torch.float32, compute_dtype=torch.float32)
+
+
+def test_inductor_checks_triton_on_the_models_gpu(env, monkeypatch):
+    """On a CUDA load device inductor needs Triton (a failing probe counts as missing), not a C++ compiler;
+    the check uses the model's device, not the machine running the graph."""
+    import torch.utils._triton as triton_probe
+
+    sp = mods()[2]
+    monkeypatch.setattr(sp.shutil, "which", lambda name: None)  # no C++ compiler: irrelevant on a GPU
+    monkeypatch.setattr(triton_probe, "has_triton", lambda: True)
+    assert sp.compile_problem("inductor", "cuda") is None
+    (out,) = comfy_env.run_node(sp.CompileSettingsNode, model=_bundle_on("cuda"), backend="inductor",
+                                mode="default", dynamic=False)
+    assert out.compile.backend == "inductor"
+    for probe in (lambda: False, lambda: 1 / 0):
+        monkeypatch.setattr(triton_probe, "has_triton", probe)
+        assert "Triton" in sp.compile_problem("inductor", "cuda")
+        with pytest.raises(RuntimeError, match="Compile Settings: backend: the inductor backend needs a working Triton"):
+            comfy_env.run_node(sp.CompileSettingsNode, model=_bundle_on("cuda"), backend="inductor", mode="default",
+                               dynamic=False)
+    assert sp.compile_problem("aot_eager", "cuda") is None and sp.compile_problem("eager", "cpu") is None
+
+
+def test_inductor_on_cpu_needs_any_one_cpp_compiler(env, monkeypatch):
+    sp = mods()[2]
+    for compiler in ("g++", "c++", "clang++", "cl"):
+        monkeypatch.setattr(sp.shutil, "which", lambda name, _c=compiler: "/usr/bin/x" if name == _c else None)
+        assert sp.compile_problem("inductor", "cpu") is None, compiler
+    monkeypatch.setattr(sp.shutil, "which", lambda name: None)
+    assert "C++ compiler" in sp.compile_problem("inductor", "cpu")
+    assert sp.compile_problem("aot_eager", "cpu") is None
+
+
+@pytest.mark.parametrize("option, value", [("backend", "nope"), ("mode", "turbo")])
+def test_compile_node_refuses_unknown_options(env, option, value):
+    sp = mods()[2]
+    kw = dict(backend="aot_eager", mode="default", dynamic=False)
+    kw[option] = value
+    with pytest.raises(ValueError, match=f"EchoVideo Compile Settings: {option}: got '{value}', needs one of"):
+        comfy_env.run_node(sp.CompileSettingsNode, model=_bundle_on("cpu"), **kw)
+
+
+def test_speed_node_outputs_are_copies_with_plain_settings(env):
+    """Both nodes return a new bundle (the input keeps no setting); settings are immutable, with the
+    library's defaults; the node's mode/dynamic widgets map to torch.compile's (None = torch's default)."""
+    import dataclasses
+
+    from echovideo.step_cache import DEFAULT_THRESHOLD, DEFAULT_WARMUP_STEPS
+
+    sp, types = mods()[2], mods()[3]
+    base = _bundle_on("cpu")
+    (compiled,) = comfy_env.run_node(sp.CompileSettingsNode, model=base, backend="eager",
+                                     mode="reduce-overhead", dynamic=True)
+    assert compiled is not base and base.compile is None
+    assert compiled.compile == types.CompileSettingsData(backend="eager", mode="reduce-overhead", dynamic=True)
+    (cached,) = comfy_env.run_node(sp.StepCacheNode, model=compiled, threshold=0, warmup_steps=3.0)
+    assert cached is not compiled and compiled.step_cache is None and cached.compile == compiled.compile
+    assert cached.step_cache == types.StepCacheSettings(threshold=0.0, warmup_steps=3)
+    assert type(cached.step_cache.threshold) is float and type(cached.step_cache.warmup_steps) is int
+    assert types.StepCacheSettings() == types.StepCacheSettings(DEFAULT_THRESHOLD, DEFAULT_WARMUP_STEPS)
+    assert types.CompileSettingsData() == types.CompileSettingsData("inductor", None, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cached.step_cache.threshold = 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cached.compile.backend = "inductor"
+    widgets = {i.id: i for i in sp.StepCacheNode.GET_SCHEMA().inputs}
+    assert widgets["threshold"].default == DEFAULT_THRESHOLD and widgets["warmup_steps"].default == DEFAULT_WARMUP_STEPS
+    assert widgets["warmup_steps"].min == 2
+
+
+def test_node_list_skips_a_module_that_fails_to_import(env, monkeypatch, caplog):
+    """One node module failing to import drops its nodes with a warning; the others (speed nodes included)
+    still load."""
+    import importlib
+    import logging
+
+    pack_nodes = comfy_env.pack_module("nodes")
+    real = importlib.import_module
+
+    def failing(name, *a, **k):
+        if name.endswith(".face_nodes"):
+            raise ImportError("no insightface")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(importlib, "import_module", failing)
+    with caplog.at_level(logging.WARNING, logger="EchoVideo"):
+        ids = [c.GET_SCHEMA().node_id for c in pack_nodes.node_list()]
+    assert "EchoVideoFaceEncode" not in ids and "EchoVideoSampler" in ids
+    assert ids[-2:] == ["EchoVideoCompileSettings", "EchoVideoStepCache"]
+    assert any("face_nodes" in r.getMessage() and "no insightface" in r.getMessage() for r in caplog.records)
+
+
+def test_entrypoint_sets_up_folders_on_load_and_before_listing(env, monkeypatch):
+    import asyncio
+
+    pack = comfy_env.load_pack()
+    calls = []
+    monkeypatch.setattr(pack.bridge, "setup", lambda: calls.append("setup"))
+    ext = asyncio.run(pack.comfy_entrypoint())
+    asyncio.run(ext.on_load())
+    assert calls == ["setup"]
+    nodes = asyncio.run(ext.get_node_list())
+    assert calls == ["setup", "setup"] and nodes

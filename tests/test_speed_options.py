@@ -281,3 +281,249 @@ def test_block_swap_moves_only_the_swapped_blocks_around_their_call():
     x = torch.randn(1, 2, c.in_channels, 8, 8)
     model(x, torch.randn(1, 16, c.text_embed_dim), torch.tensor([500.0]))
     assert moves == [(n - 1, "cpu:0"), (n - 1, "cpu")] and swap.first_swapped == n - 1
+
+
+# --- mutation sweep (speed options): block swap bounds, step-cache arithmetic, compile bookkeeping, upcast ops,
+# attention backends, tiny models ---
+
+
+def test_block_swap_swaps_exactly_the_last_n_blocks_and_rejects_out_of_range():
+    """On 4 blocks, N=1 swaps block 3 only and N=3 blocks 1..3 (first_swapped = n - N, not N); a negative N or
+    one above the block count is refused; 0 and n are the bounds."""
+    model = tiny.tiny_dit(tiny.PRESETS["large"])
+    n = len(model.transformer_blocks)
+    assert n == 4
+    assert enable_block_swap(model, 1, "cpu").first_swapped == 3
+    assert enable_block_swap(model, 3, "cpu").first_swapped == 1
+    assert enable_block_swap(model, 0, "cpu").first_swapped == n
+    assert enable_block_swap(model, n, "cpu").first_swapped == 0
+    for bad in (-1, n + 1):
+        with pytest.raises(ValueError, match=f"blocks_on_offload: got {bad}, needs 0..{n}"):
+            enable_block_swap(model, bad, "cpu")
+    disable_block_swap(model, "cpu")
+
+
+def test_block_swap_moves_the_rest_of_the_model_and_disable_undoes_it():
+    """enable_block_swap sends every non-block child to the compute device and installs the hook;
+    disable_block_swap removes the hook (no block moves any more) and moves the whole model."""
+    model = tiny.tiny_dit(tiny.PRESETS["shared"])
+    moved = []
+    for name, child in model.named_children():
+        child.to = (lambda *a, _n=name, _to=child.to, **k: (moved.append((_n, str(a[0]))), _to(*a, **k))[1])
+    swap = enable_block_swap(model, blocks_on_offload=1, device="cpu:0", offload_device="cpu")
+    others = [n for n, _ in model.named_children() if n != "transformer_blocks"]
+    assert others and sorted(moved) == sorted((n, "cpu:0") for n in others)
+    assert model.block_hook is swap
+    model_moves = []
+    real_to = model.to
+    model.to = lambda *a, **k: (model_moves.append(str(a[0])), real_to(*a, **k))[1]
+    block_moves = []
+    for i, block in enumerate(model.transformer_blocks):
+        block.to = (lambda *a, _i=i, _to=block.to, **k: (block_moves.append(_i), _to(*a, **k))[1])
+    disable_block_swap(model, "cpu:0")
+    assert model.block_hook is None and model_moves == ["cpu:0"]
+    c = model.config
+    model(torch.randn(1, 2, c.in_channels, 8, 8), torch.randn(1, 16, c.text_embed_dim), torch.tensor([500.0]))
+    assert block_moves == []
+
+
+class _LinearDiT:
+    """A stand-in DiT for StepCache's arithmetic: the input is a constant tensor c, the blocks add `slope * x`
+    (so the residual is slope * c), and the head returns the video stream unchanged."""
+
+    def __init__(self, slope):
+        self.slope = slope
+        self.block_hook = None
+
+    def embed(self, hidden_states, context, timestep):
+        return hidden_states, context, timestep
+
+    def modulated_video_input(self, x, ctx, temb):
+        return x
+
+    def run_blocks(self, x, ctx, temb, rope):
+        return x + self.slope * x, ctx + 1.0
+
+    def head(self, x, ctx, temb, shape):
+        return x
+
+
+def _run_cache(cache, levels):
+    outs = []
+    for i, c in enumerate(levels):
+        x = torch.full((1, 4), float(c))
+        outs.append(cache(x, torch.zeros(1, 2), None, None, i, len(levels)).clone())
+    return outs
+
+
+def test_step_cache_estimate_is_rate_times_change_since_last_full_evaluation():
+    """Exact bookkeeping on a linear stand-in (residual = 2x, output = 3x): the rate is the residual change per
+    unit input change relative to the output; the estimate is that rate times the input change accumulated since
+    the last full evaluation (reset by each full evaluation); a skipped step returns input + the last residual."""
+    levels = [1.0, 2.0, 2.1, 2.2, 2.3, 2.4]
+    cache = StepCache(_LinearDiT(2.0), threshold=0.05)
+    outs = _run_cache(cache, levels)
+    rate1 = (2 * (2.0 - 1.0)) / ((2.0 - 1.0) * 3 * 2.0)  # = 1/3, from steps 0 and 1
+    rate3 = (2 * (2.2 - 2.0)) / ((2.2 - 2.0) * 3 * 2.2)  # from steps 1 and 3
+    steps = [s for s, _ in cache.estimates]
+    assert steps == [2, 4] and cache.skipped == 2 and cache.calls == 4
+    assert cache.estimates[0][1] == pytest.approx(rate1 * 0.1, rel=1e-4)
+    assert cache.estimates[1][1] == pytest.approx(rate3 * 0.1, rel=1e-4)  # change counted from step 3 only
+    torch.testing.assert_close(outs[2], torch.full((1, 4), 2.1 + 2 * 2.0))  # step 1's residual reused
+    torch.testing.assert_close(outs[3], torch.full((1, 4), 3 * 2.2))  # step 3: estimate 0.2/3 >= 0.05, full
+    assert StepCache(_LinearDiT(2.0), warmup_steps=0).warmup_steps == 2  # "at least 2"
+
+
+def test_step_cache_threshold_zero_never_skips_even_a_zero_estimate():
+    """A constant residual gives rate 0, so every estimate is 0: at threshold 0 still nothing is skipped
+    (0 means every step computed); any positive threshold then skips all but warm-up and the last step."""
+    class ConstantResidual(_LinearDiT):
+        def run_blocks(self, x, ctx, temb, rope):
+            return x + 1.0, ctx
+
+    levels = [1.0, 2.0, 3.0, 4.0, 5.0]
+    exact = StepCache(ConstantResidual(0.0), threshold=0.0)
+    _run_cache(exact, levels)
+    assert exact.skipped == 0 and exact.calls == 5
+    loose = StepCache(ConstantResidual(0.0), threshold=1e-6)
+    _run_cache(loose, levels)
+    assert loose.estimates == [(2, 0.0), (3, 0.0)] and loose.calls == 3
+
+
+def test_step_cache_respects_a_longer_warmup():
+    levels = [1.0, 2.0, 2.01, 2.02, 2.03, 2.04]
+    cache = StepCache(_LinearDiT(2.0), threshold=0.5, warmup_steps=4)
+    _run_cache(cache, levels)
+    assert [s for s, _ in cache.estimates] == [4]
+
+
+def _recorded_compile(model):
+    seen = []
+    for block in model.transformer_blocks:
+        real = block.compile
+        block.compile = (lambda *a, _real=real, **k: (seen.append(k), _real(*a, **k))[1])
+    return seen
+
+
+def test_compile_settings_are_applied_kept_and_reset():
+    """set_block_compile passes backend, mode and dynamic to every block; the same settings again keep the
+    compiled blocks (no new compile); after uncompile the same settings compile again."""
+    from types import SimpleNamespace
+
+    from echovideo.compile import set_block_compile, uncompile_blocks
+
+    model = tiny.tiny_dit(tiny.PRESETS["shared"])
+    seen = _recorded_compile(model)
+    settings = SimpleNamespace(backend="aot_eager", mode="max-autotune-no-cudagraphs", dynamic=True)
+    set_block_compile(model, settings)  # compiles lazily: nothing runs here
+    want = dict(backend="aot_eager", mode="max-autotune-no-cudagraphs", dynamic=True)
+    assert seen == [want] * len(model.transformer_blocks)
+    assert model.compiled_with == "aot_eager" and model.compile_settings == ("aot_eager", settings.mode, True)
+    impls = [b._compiled_call_impl for b in model.transformer_blocks]
+    assert all(i is not None for i in impls)
+    set_block_compile(model, settings)
+    assert len(seen) == len(model.transformer_blocks)  # kept
+    assert [b._compiled_call_impl for b in model.transformer_blocks] == impls
+    set_block_compile(model, None)
+    assert model.compiled_with is None and model.compile_settings is None
+    assert all(b._compiled_call_impl is None for b in model.transformer_blocks)
+    set_block_compile(model, settings)  # compiled again after the eager round
+    assert len(seen) == 2 * len(model.transformer_blocks)
+    assert all(b._compiled_call_impl is not None for b in model.transformer_blocks)
+    uncompile_blocks(model)
+    assert model.compile_settings is None and all(b._compiled_call_impl is None for b in model.transformer_blocks)
+
+
+def test_upcast_layers_cast_weights_to_the_inputs_dtype_and_device():
+    """Upcast layers store any dtype (fp8 too: no init at construction) and compute in the input's dtype, with
+    weight and bias moved to the input's device (here meta, so the move shows); LayerNorm keeps its eps."""
+    from torch import nn
+
+    from echovideo import ops
+
+    w = torch.randn(3, 4, dtype=torch.bfloat16)
+    cast = ops._cast(w, torch.empty(2, device="meta", dtype=torch.float32))
+    assert cast.device.type == "meta" and cast.dtype == torch.float32
+    assert ops._cast(None, w) is None
+    for dtype in ops.FP8_DTYPES:
+        layer = ops.upcast_ops.Linear(4, 3, bias=True, dtype=dtype)
+        assert layer.weight.dtype == dtype
+        ops.upcast_ops.Conv2d(2, 3, 2, dtype=dtype)
+    assert len(ops.FP8_DTYPES) == 2 and all(ops.is_fp8(d) for d in ops.FP8_DTYPES)
+    assert not ops.is_fp8(torch.bfloat16)
+    torch.manual_seed(0)
+    ln = ops.upcast_ops.LayerNorm(8, eps=10.0, dtype=torch.bfloat16)
+    with torch.no_grad():
+        ln.weight.copy_(torch.linspace(0.5, 1.5, 8))
+        ln.bias.copy_(torch.linspace(-0.1, 0.1, 8))
+    ref = nn.LayerNorm(8, eps=10.0)
+    ref.load_state_dict({k: v.float() for k, v in ln.state_dict().items()})
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(ln(x), ref(x))
+    conv = ops.upcast_ops.Conv2d(2, 3, 2, dtype=torch.bfloat16)
+    lin = ops.upcast_ops.Linear(4, 3, dtype=torch.bfloat16)
+    with torch.no_grad():
+        for m in (conv, lin):
+            m.weight.normal_()
+            m.bias.normal_()
+    xc = torch.randn(1, 2, 4, 4)
+    torch.testing.assert_close(conv(xc), torch.nn.functional.conv2d(xc, conv.weight.float(), conv.bias.float()))
+    xl = torch.randn(2, 4)
+    torch.testing.assert_close(lin(xl), torch.nn.functional.linear(xl, lin.weight.float(), lin.bias.float()))
+    assert ops.operations_for(None, torch.float32) is nn and ops.operations_for(torch.float32, torch.float32) is nn
+    assert ops.operations_for(torch.bfloat16, torch.float32) is ops.upcast_ops
+
+
+def test_sage_backend_runs_in_half_precision_and_returns_the_inputs_dtype(monkeypatch):
+    """With sageattention installed (a stand-in here): fp32 q/k/v go in as fp16 in HND layout and come back as
+    fp32; bf16 goes in unchanged. It is listed once, after sdpa."""
+    import sys
+    import types
+
+    seen = []
+
+    def sageattn(q, k, v, tensor_layout):
+        seen.append((q.dtype, k.dtype, v.dtype, tensor_layout))
+        return attention.sdpa_attention(q, k, v)
+
+    monkeypatch.setitem(sys.modules, "sageattention", types.SimpleNamespace(sageattn=sageattn))
+    fn = attention.get_attention("sage")
+    q = torch.randn(1, 2, 5, 8)
+    out = fn(q, q, q)
+    assert seen == [(torch.float16,) * 3 + ("HND",)] and out.dtype == torch.float32
+    torch.testing.assert_close(out, attention.sdpa_attention(q, q, q), rtol=2e-3, atol=2e-3)
+    seen.clear()
+    qb = q.bfloat16()
+    assert fn(qb, qb, qb).dtype == torch.bfloat16 and seen == [(torch.bfloat16,) * 3 + ("HND",)]
+    names = attention.available_attention()
+    assert names[:2] == ["sdpa", "sage"] and len(names) == len(set(names))
+
+
+def test_attention_lookup_defaults_and_callables(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sageattention", None)
+    names = attention.available_attention()
+    assert names[0] == "sdpa" and "sage" not in names and len(names) == len(set(names))
+    assert attention.get_attention(None) is attention.sdpa_attention
+    assert attention.get_attention("") is attention.sdpa_attention
+    assert attention.get_attention(math_attention) is math_attention
+    monkeypatch.setitem(attention._BACKENDS, "test_swap", attention.sdpa_attention)
+    attention.register_attention("test_swap", math_attention)  # registering again replaces
+    assert attention.get_attention("test_swap") is math_attention
+
+
+def test_tiny_models_follow_their_seed_dtype_and_std():
+    """Same seed, same weights; another seed, other weights; frozen eval models in the asked dtype; norm
+    weights near 1; matrices at the asked std."""
+    p = tiny.PRESETS["shared"]
+    a, b, c = tiny.tiny_dit(p, seed=0), tiny.tiny_dit(p, seed=0), tiny.tiny_dit(p, seed=1)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["proj_out.weight"], sc["proj_out.weight"])
+    assert not any(t.requires_grad for t in a.parameters()) and not a.training
+    assert all(t.dtype == torch.bfloat16 for t in tiny.tiny_dit(p, dtype=torch.bfloat16).parameters())
+    norms = [(n, t) for n, t in a.named_parameters() if t.dim() == 1 and "norm" in n and n.endswith("weight")]
+    assert norms and all((t - 1).abs().max() < 0.5 for _, t in norms)
+    big = tiny.randomize_(torch.nn.Linear(64, 64), std=0.5)
+    assert 0.4 < big.weight.std().item() < 0.6
