@@ -8,14 +8,13 @@ Plain torch + transformers; never imports ComfyUI. Weights are loaded from safet
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import List, Optional, Sequence, Union
 
 import torch
 
-from .checkpoint import read_json_file
+from .checkpoint import parse_json, read_json_file
 from .errors import CheckpointError, EchoVideoInputError
 
 MAX_LENGTH = 226  # the reference's max_sequence_length
@@ -100,10 +99,7 @@ def _config_from(folder_or_file: str) -> tuple[dict, List[str]]:
             raise CheckpointError(
                 f"{os.path.basename(folder_or_file)!r} has no 'config' entry in its safetensors metadata; use a "
                 "folder with config.json + safetensors, or load this file with ComfyUI's CLIPLoader instead")
-        try:
-            config = json.loads(meta["config"])
-        except ValueError as e:
-            raise CheckpointError(f"{folder_or_file!r}: metadata 'config' is not valid JSON ({e})") from e
+        config = parse_json(meta["config"], f"{folder_or_file!r}: metadata 'config'")
         return config, [folder_or_file]
     raise FileNotFoundError(f"T5 encoder not found: {folder_or_file!r}")
 

@@ -131,10 +131,9 @@ class Sampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, conditioning, image_latents, steps=50, cfg=6.0, dynamic_cfg=True, seed=42):
+        from echovideo.compile import set_block_compile
         from echovideo.memory import sampling_memory_bytes
         from echovideo.sampling import sample
-
-        from echovideo.compile import set_block_compile
 
         problem = sampler_input_problem(steps, cfg)
         if problem:  # linked values skip the widgets' limits

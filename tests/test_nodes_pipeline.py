@@ -115,12 +115,7 @@ def test_sampler_progress_and_interrupt(env, monkeypatch):
 
     sn = comfy_env.pack_module("nodes.sampling_nodes")
     mm.interrupt_current_processing(True)
-    try:
-        with pytest.raises(mm.InterruptProcessingException):
-            comfy_env.run_node(sn.Sampler, model=out["model"], conditioning=out["cond"], image_latents=out["img_lat"],
-                               steps=STEPS, cfg=6.0, dynamic_cfg=True, seed=1)
-    finally:
-        mm.interrupt_current_processing(False)
+    sample_until_cancelled(out, cfg=6.0)
     assert out["model"].model.block_hook is None  # hook restored
 
     # VAE Decode: asks ComfyUI for its memory, reports every frame chunk and can be cancelled between chunks
@@ -143,6 +138,19 @@ def test_sampler_progress_and_interrupt(env, monkeypatch):
     assert chunks == [1] and asked == [7000 * H * W * 4]  # untiled fp32: the whole frame
 
 
+def sample_until_cancelled(out, cfg=1.0):
+    """Runs the Sampler on run_chain's outputs, expecting a cancel; clears the cancel flag afterwards."""
+    import comfy.model_management as mm
+
+    sn = comfy_env.pack_module("nodes.sampling_nodes")
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            comfy_env.run_node(sn.Sampler, model=out["model"], conditioning=out["cond"],
+                               image_latents=out["img_lat"], steps=STEPS, cfg=cfg, dynamic_cfg=True, seed=1)
+    finally:
+        mm.interrupt_current_processing(False)
+
+
 def test_sampler_checks_cancel_after_each_step(env, monkeypatch):
     """A cancel pressed during the last step's progress report stops the Sampler there: no DiT block runs
     after it, so only the Sampler's own per-step check can see it."""
@@ -150,7 +158,6 @@ def test_sampler_checks_cancel_after_each_step(env, monkeypatch):
     import comfy.utils
 
     out = run_chain(cfg=1.0)
-    sn = comfy_env.pack_module("nodes.sampling_nodes")
     reported = []
 
     def cancel_at_last_step(v, t, preview, node_id=None):
@@ -159,12 +166,7 @@ def test_sampler_checks_cancel_after_each_step(env, monkeypatch):
             mm.interrupt_current_processing(True)
 
     monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", cancel_at_last_step)
-    try:
-        with pytest.raises(mm.InterruptProcessingException):
-            comfy_env.run_node(sn.Sampler, model=out["model"], conditioning=out["cond"],
-                               image_latents=out["img_lat"], steps=STEPS, cfg=1.0, dynamic_cfg=True, seed=1)
-    finally:
-        mm.interrupt_current_processing(False)
+    sample_until_cancelled(out)
     assert reported[-1] == STEPS
 
 
@@ -174,7 +176,6 @@ def test_sampler_cancel_stops_between_blocks(env, monkeypatch):
     import comfy.utils
 
     out = run_chain(cfg=1.0)
-    sn = comfy_env.pack_module("nodes.sampling_nodes")
     dit = out["model"].model
     reported, blocks_run = [], []
 
@@ -188,11 +189,8 @@ def test_sampler_cancel_stops_between_blocks(env, monkeypatch):
     monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda v, t, preview, node_id=None: reported.append(v))
     dit.block_hook = CancelInFirstBlock()
     try:
-        with pytest.raises(mm.InterruptProcessingException):
-            comfy_env.run_node(sn.Sampler, model=out["model"], conditioning=out["cond"],
-                               image_latents=out["img_lat"], steps=STEPS, cfg=1.0, dynamic_cfg=True, seed=1)
+        sample_until_cancelled(out)
     finally:
-        mm.interrupt_current_processing(False)
         dit.block_hook = None
     assert blocks_run == [0] and reported == []
 
