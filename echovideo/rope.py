@@ -4,7 +4,7 @@ The crop of the 480x720 base grid is sampled with `linspace(start, stop, n, endp
 later diffusers releases use a different grid at 4 of the 5 official resolutions, so this module
 owns the computation instead of calling the installed diffusers.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -67,13 +67,20 @@ def rotary_embedding_for_video(head_dim: int, patch_size: int, height: int, widt
     return cos.to(device), sin.to(device)
 
 
-def rotate_pairs_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+def pair_rotation(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """cos + i sin of each pair, [S, 1, D/2] complex64: build once per DiT call and pass to rotate_pairs_."""
+    return torch.complex(cos[:, None, 0::2].float(), sin[:, None, 0::2].float())
+
+
+def rotate_pairs_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                  rotation: Optional[torch.Tensor] = None) -> None:
     """Rotates interleaved pairs of x [B, S, H, D] (a view, changed in place) by (cos, sin) [S, D]:
-    each pair (even, odd) times the complex number cos + i sin, computed in float32."""
+    each pair (even, odd) times the complex number cos + i sin (`rotation`, if given), computed in float32."""
     if torch.compiler.is_compiling():  # inductor generates no complex kernels
         rotate_pairs_real_(x, cos, sin)
         return
-    rotation = torch.complex(cos[:, None, 0::2].float(), sin[:, None, 0::2].float())
+    if rotation is None:
+        rotation = pair_rotation(cos, sin)
     if x.dtype == torch.float32:
         torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(rotation)
     else:

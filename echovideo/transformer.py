@@ -10,7 +10,8 @@ from .attention import get_attention
 from .config import TransformerConfig
 from .errors import check
 from .iitf import IITF, fuse_identity
-from .rope import rotate_pairs_
+from .ops import fused_linear_gelu_tanh
+from .rope import pair_rotation, rotate_pairs_
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool, shift: float,
@@ -95,10 +96,9 @@ class JointAttention(nn.Module):
         q = self.norm_q(self.to_q(tokens).view(b, s, self.heads, -1))
         k = self.norm_k(self.to_k(tokens).view(b, s, self.heads, -1))
         v = self.to_v(tokens).view(b, s, self.heads, -1)
-        if rope is not None:
-            cos, sin = rope
-            rotate_pairs_(q[:, n_ctx:], cos, sin)
-            rotate_pairs_(k[:, n_ctx:], cos, sin)
+        if rope is not None:  # (cos, sin) or (cos, sin, pair rotation)
+            rotate_pairs_(q[:, n_ctx:], *rope)
+            rotate_pairs_(k[:, n_ctx:], *rope)
         out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.to_out[0](out.transpose(1, 2).reshape(b, s, -1))
 
@@ -119,7 +119,8 @@ class _GeluProj(nn.Module):
         self.proj = operations.Linear(dim, inner, dtype=dtype, device=device)
 
     def forward(self, x):
-        return gelu_tanh(self.proj(x))
+        fused = fused_linear_gelu_tanh(self.proj, x)
+        return fused if fused is not None else gelu_tanh(self.proj(x))
 
 
 class FeedForward(nn.Module):
@@ -219,6 +220,8 @@ class EchoVideoTransformer(nn.Module):
         hook = self.block_hook
         n_ctx = ctx.shape[1]
         tokens = torch.cat([ctx, x], dim=1)
+        if rope is not None and not torch.compiler.is_compiling():
+            rope = (rope[0], rope[1], pair_rotation(rope[0], rope[1]))  # once for all blocks
         for i, block in enumerate(self.transformer_blocks):
             if hook is not None:
                 hook.before(i, block)

@@ -140,6 +140,57 @@ def test_cpu_gelu_equals_torch_tanh_gelu():
         torch.testing.assert_close(gelu_tanh(y), F.gelu(y, approximate="tanh"), rtol=0, atol=0, equal_nan=True)
 
 
+needs_onednn_linear = pytest.mark.skipif(
+    __import__("echovideo.ops", fromlist=["_linear_pointwise"])._linear_pointwise is None
+    or not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN linear_pointwise")
+
+
+@needs_onednn_linear
+def test_fused_linear_gelu_matches_linear_then_gelu(monkeypatch):
+    """The oneDNN Linear+GELU path equals torch's linear then tanh GELU (also for strided and saturating inputs),
+    and the DiT's FF takes it in CPU float32 inference."""
+    import torch.nn.functional as F
+
+    from echovideo import ops
+    from echovideo.transformer import FeedForward
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 96)
+    x = torch.randn(3, 40, 32) * 4
+    x[0, 0] = 60.0
+    x[0, 1] = -60.0
+    with torch.inference_mode():
+        for inp in (x, x.transpose(0, 1), x[:, ::2]):
+            fused = ops.fused_linear_gelu_tanh(linear, inp)
+            assert fused is not None
+            torch.testing.assert_close(fused, F.gelu(F.linear(inp, linear.weight, linear.bias), approximate="tanh"),
+                                       rtol=1e-5, atol=1e-5)
+        calls = []
+        real = ops._linear_pointwise
+        monkeypatch.setattr(ops, "_linear_pointwise", lambda *a: calls.append(a[3:]) or real(*a))
+        ff = FeedForward(32, torch.nn, None, None)
+        out = ff(x)
+        assert calls == [("gelu", [], "tanh")]
+        torch.testing.assert_close(out, ff.net[2](F.gelu(ff.net[0].proj(x), approximate="tanh")), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn_linear
+def test_fused_linear_gelu_declines_where_it_does_not_apply():
+    """Autograd, other dtypes, ComfyUI-style casting layers and oneDNN switched off keep the plain path."""
+    from echovideo import ops
+
+    linear = torch.nn.Linear(8, 16)
+    x = torch.randn(2, 8)
+    assert ops.fused_linear_gelu_tanh(linear, x) is None  # grad mode, weights need grad
+    with torch.no_grad():
+        assert ops.fused_linear_gelu_tanh(linear, x) is not None
+        assert ops.fused_linear_gelu_tanh(linear, x.bfloat16()) is None
+        assert ops.fused_linear_gelu_tanh(torch.nn.Linear(8, 16, dtype=torch.bfloat16), x) is None
+        assert ops.fused_linear_gelu_tanh(ops.upcast_ops.Linear(8, 16), x) is None  # overridden forward
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert ops.fused_linear_gelu_tanh(linear, x) is None
+
+
 def test_sampling_memory_estimate_matches_memory_plan():
     """The sampler's request to ComfyUI and the README's memory table come from one estimate."""
     from echovideo.config import RELEASED_CONFIG
@@ -212,8 +263,9 @@ def test_step_cache_signal_runs_inside_the_block_hook():
 
 
 def test_rope_real_arithmetic_equals_complex():
-    """Compiled blocks rotate q/k in real arithmetic (inductor has no complex kernels): same values."""
-    from echovideo.rope import rotary_embedding_for_video, rotate_pairs_, rotate_pairs_real_
+    """Compiled blocks rotate q/k in real arithmetic (inductor has no complex kernels): same values. The rotation
+    built once per DiT call gives the same bits as building it per call of rotate_pairs_."""
+    from echovideo.rope import pair_rotation, rotary_embedding_for_video, rotate_pairs_, rotate_pairs_real_
 
     cos, sin = rotary_embedding_for_video(32, 2, 48, 80, 17)
     for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 0.0)):
@@ -223,6 +275,9 @@ def test_rope_real_arithmetic_equals_complex():
         rotate_pairs_real_(b, cos, sin)
         assert not torch.equal(a, x)
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+        c = x.clone()
+        rotate_pairs_(c, cos, sin, pair_rotation(cos, sin))
+        assert torch.equal(c, a)
 
 
 def test_generate_uses_the_reference_image_for_the_first_frame():
