@@ -5,6 +5,7 @@ way ComfyUI core models do, so ComfyUI's casting ops can be passed in. `torch.nn
 `upcast_ops` stores weights in any dtype (fp8 included) and casts them to the input's dtype
 per layer at compute time.
 """
+import logging
 import types
 from typing import Optional
 
@@ -85,4 +86,15 @@ def fused_linear_gelu_tanh(linear: nn.Module, x: torch.Tensor) -> Optional[torch
         return None
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return None
-    return _linear_pointwise(x, weight, bias, "gelu", [], "tanh")
+    try:
+        return _linear_pointwise(x, weight, bias, "gelu", [], "tanh")
+    except RuntimeError as e:  # a oneDNN build without this epilogue (some non-x86 CPUs): unfused from now on
+        _disable_linear_pointwise(e)
+        return None
+
+
+def _disable_linear_pointwise(error: Exception) -> None:
+    global _linear_pointwise
+    _linear_pointwise = None
+    logging.getLogger("echovideo").info("oneDNN Linear+GELU not usable here (%s); the FF runs unfused",
+                                        str(error).splitlines()[0] if str(error) else type(error).__name__)

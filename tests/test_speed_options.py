@@ -175,6 +175,27 @@ def test_fused_linear_gelu_matches_linear_then_gelu(monkeypatch):
 
 
 @needs_onednn_linear
+def test_fused_linear_gelu_falls_back_once_when_onednn_refuses(monkeypatch):
+    """A oneDNN build that refuses the fused call gives the unfused result, and is not asked again."""
+    from echovideo import ops
+    from echovideo.transformer import FeedForward
+
+    calls = []
+
+    def refuse(*args):
+        calls.append(args)
+        raise RuntimeError("could not create a primitive descriptor")
+
+    monkeypatch.setattr(ops, "_linear_pointwise", refuse)
+    ff, x = FeedForward(16, torch.nn, None, None), torch.randn(2, 5, 16)
+    with torch.inference_mode():
+        expected = ff.net[2](torch.nn.functional.gelu(ff.net[0].proj(x), approximate="tanh"))
+        torch.testing.assert_close(ff(x), expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(ff(x), expected, rtol=1e-6, atol=1e-6)
+    assert len(calls) == 1 and ops._linear_pointwise is None
+
+
+@needs_onednn_linear
 def test_fused_linear_gelu_declines_where_it_does_not_apply():
     """Autograd, other dtypes, ComfyUI-style casting layers and oneDNN switched off keep the plain path."""
     from echovideo import ops
