@@ -74,16 +74,23 @@ except (AttributeError, RuntimeError):
     _linear_pointwise = None
 
 
+def _is_plain_linear(linear: nn.Module) -> bool:
+    """nn.Linear's own forward, not replaced on the instance, with no hooks (the fused call skips the module)."""
+    return (type(linear).forward is nn.Linear.forward and "forward" not in vars(linear)
+            and not linear._forward_pre_hooks and not linear._forward_hooks)
+
+
 def fused_linear_gelu_tanh(linear: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
     """tanh-GELU(linear(x)) as one oneDNN call, bias and GELU in the matmul's epilogue (about 5% of a CPU DiT
-    call), where that applies: float32 on CPU, a plain nn.Linear with float32 CPU weights, no autograd,
-    not under torch.compile. None where it does not (ComfyUI's casting layers, other dtypes, GPUs)."""
+    call), where that applies: float32 on CPU, a plain nn.Linear (no hooks) with float32 CPU weights, no
+    autograd, not under torch.compile. None where it does not (ComfyUI's casting layers, other dtypes, GPUs)."""
     if (torch.compiler.is_compiling() or _linear_pointwise is None or not torch.backends.mkldnn.is_available()
-            or not torch.backends.mkldnn.enabled or type(linear).forward is not nn.Linear.forward):
+            or not torch.backends.mkldnn.enabled or not _is_plain_linear(linear)):
         return None
     weight, bias = linear.weight, linear.bias
-    if not all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in (x, weight, bias)):
-        return None
+    if not all(t is None or (type(t) in (torch.Tensor, nn.Parameter) and t.device.type == "cpu"
+                             and t.dtype == torch.float32 and t.layout == torch.strided) for t in (x, weight, bias)):
+        return None  # also tensor subclasses (quantized or packed weights): their own kernels
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return None
     try:

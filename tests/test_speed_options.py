@@ -208,6 +208,21 @@ def test_fused_linear_gelu_declines_where_it_does_not_apply():
         assert ops.fused_linear_gelu_tanh(linear, x.bfloat16()) is None
         assert ops.fused_linear_gelu_tanh(torch.nn.Linear(8, 16, dtype=torch.bfloat16), x) is None
         assert ops.fused_linear_gelu_tanh(ops.upcast_ops.Linear(8, 16), x) is None  # overridden forward
+        hooked = torch.nn.Linear(8, 16)
+        handle = hooked.register_forward_pre_hook(lambda module, args: None)
+        assert ops.fused_linear_gelu_tanh(hooked, x) is None
+        handle.remove()
+        hooked.register_forward_hook(lambda module, args, out: None)
+        assert ops.fused_linear_gelu_tanh(hooked, x) is None
+        class Marked(torch.Tensor):
+            pass
+
+        wrapped = torch.nn.Linear(8, 16)
+        wrapped.weight = torch.nn.Parameter(wrapped.weight.detach().as_subclass(Marked), requires_grad=False)
+        assert ops.fused_linear_gelu_tanh(wrapped, x) is None
+        patched = torch.nn.Linear(8, 16)
+        patched.forward = lambda inp: inp  # e.g. an offload library's per-instance wrapper
+        assert ops.fused_linear_gelu_tanh(patched, x) is None
         with torch.backends.mkldnn.flags(enabled=False):
             assert ops.fused_linear_gelu_tanh(linear, x) is None
 
