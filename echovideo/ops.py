@@ -3,7 +3,7 @@
 Layers are built as `operations.Linear(in, out, bias=..., dtype=..., device=...)` and so on, the
 way ComfyUI core models do, so ComfyUI's casting ops can be passed in. `torch.nn` is the default.
 `upcast_ops` stores weights in any dtype (fp8 included) and casts them to the input's dtype
-per layer at compute time.
+per layer at compute time. `fused_linear_gelu_tanh` is the FF's CPU float32 fast path (one oneDNN call).
 """
 import logging
 import types
