@@ -16,6 +16,8 @@ RELEASED_SCHEDULER_CONFIG = dict(
     prediction_type="v_prediction", clip_sample_range=1.0, sample_max_value=1.0,
     timestep_spacing="trailing", rescale_betas_zero_snr=True, snr_shift_scale=1.0)
 
+# callback(step, total, denoised): after each step, with that step's estimate of the clean latents
+# [1, F, C, h, w] (the scheduler's predicted original sample): what a preview shows
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
 
@@ -116,5 +118,5 @@ def sample(model, positive_context: torch.Tensor, negative_context: Optional[tor
                 generator=generator, return_dict=False)
             latents = latents.float()
             if callback is not None:
-                callback(i + 1, len(timesteps), latents)
+                callback(i + 1, len(timesteps), old_pred_original)
     return latents.clone()  # a normal tensor again, usable (and changeable in place) outside inference mode

@@ -333,27 +333,19 @@ def _previews_enabled() -> bool:
 
 
 def latent_preview_image(latents: torch.Tensor):
-    """Cheap RGB preview of a CogVideoX latent [B, F, C, h, w] (middle frame, first 3 channels, min-max)."""
+    """The preview of a latent [B, F, C, h, w] (echovideo.preview: middle frame, latent-to-RGB factors), as a PIL
+    image upscaled 4x (nearest) so that the 1/8-size latent is visible."""
     from PIL import Image
 
-    x = latents.detach()
-    if x.dim() == 5:
-        x = x[0, x.shape[1] // 2]
-    elif x.dim() == 4:
-        x = x[0]
-    x = x[:3].float()
-    if x.shape[0] < 3:
-        x = x[:1].expand(3, -1, -1)
-    lo = x.amin(dim=(1, 2), keepdim=True)
-    hi = x.amax(dim=(1, 2), keepdim=True)
-    x = ((x - lo) / (hi - lo).clamp_min(1e-6)).mul(255).to("cpu", torch.uint8)
-    img = Image.fromarray(x.permute(1, 2, 0).numpy())
-    # upscale the 1/8 latent a little so the preview is visible
+    from echovideo.preview import latent_to_rgb
+
+    img = Image.fromarray(latent_to_rgb(latents).numpy())
     return img.resize((img.width * 4, img.height * 4), Image.NEAREST)
 
 
 class Progress:
-    """ProgressBar with optional latent previews; call it as callback(step, total, latents=None)."""
+    """ProgressBar with optional latent previews; call it as callback(step, total, latents=None) (the sampler passes
+    each step's denoised estimate)."""
 
     def __init__(self, total: int, previews: bool = True):
         self.pbar = comfy.utils.ProgressBar(total)

@@ -222,6 +222,28 @@ def test_sampler_uses_the_generator_it_is_given(dit):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_sampler_callback_gets_each_steps_denoised_estimate(dit):
+    """callback(step, total, denoised): with a zero v-prediction the first step's estimate of the clean latents is
+    sqrt(alpha_bar_t) times the initial noise (x0 = sqrt(a) x_t - sqrt(1 - a) v)."""
+
+    class ZeroV(sampling.DiTCaller):
+        def __call__(self, x, context, timestep, rope, step_index, num_steps):
+            return torch.zeros(x.shape[0], x.shape[1], P.latent_channels, *x.shape[3:])
+
+    pos, neg = _ctx()
+    lat = torch.randn(1, 2, P.latent_channels, 8, 8)
+    seen = []
+    final = sampling.sample(dit, pos, neg, lat, steps=3, seed=9, dit_caller=ZeroV(dit),
+                            callback=lambda i, n, d: seen.append((i, n, d.clone())))
+    assert [(i, n) for i, n, _ in seen] == [(1, 3), (2, 3), (3, 3)]
+    scheduler = sampling.make_scheduler()
+    scheduler.set_timesteps(3)
+    noise = sampling.initial_noise(lat.shape, torch.Generator("cpu").manual_seed(9)) * scheduler.init_noise_sigma
+    alpha_bar = scheduler.alphas_cumprod[int(scheduler.timesteps[0])]
+    torch.testing.assert_close(seen[0][2], noise * alpha_bar.sqrt(), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(seen[0][2], final)
+
+
 def test_sampler_static_guidance_uses_the_scale_as_given(dit, monkeypatch):
     scales = []
     real = sampling.combine_guidance

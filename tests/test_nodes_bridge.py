@@ -293,18 +293,17 @@ def test_resolve_entry_refuses_names_outside_the_model_folders(bridge, tmp_path,
 
 
 def test_latent_preview_shows_the_middle_frame(bridge):
-    """The preview is the middle latent frame (frame 0 is the face frame): first 3 channels, min-max to 0..255,
-    4x nearest upscale."""
+    """The preview is the middle latent frame (frame 0 is the face frame) through the CogVideoX latent-to-RGB
+    factors, 4x nearest upscale."""
     import numpy as np
 
+    from echovideo.preview import COGVIDEOX_LATENT_RGB_FACTORS
+
     lat = torch.zeros(1, 5, 16, 3, 4)
-    mid = torch.arange(3 * 12, dtype=torch.float32).reshape(3, 3, 4) * torch.tensor([1.0, -2.0, 0.5])[:, None, None]
-    lat[0, 2, :3] = mid
-    lat[0, 2, 3:] = 100.0  # channels past the first 3 are not shown
-    lat[0, 0, :3] = torch.randn(3, 3, 4)  # neither is the face frame
+    lat[0, 2, 11, 0, 0] = 2.0  # one latent channel at one pixel of the middle frame
+    lat[0, 0] = torch.randn(16, 3, 4) * 5  # the face frame is not shown
     img = np.asarray(bridge.latent_preview_image(lat))
     assert img.shape == (12, 16, 3)
-    lo, hi = mid.amin(dim=(1, 2), keepdim=True), mid.amax(dim=(1, 2), keepdim=True)
-    want = ((mid - lo) / (hi - lo) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    assert np.array_equal(img, want.repeat(4, axis=0).repeat(4, axis=1))
-    assert img[0, 0].tolist() == [0, 255, 0] and img[-1, -1].tolist() == [255, 0, 255]
+    colour = [round((1 + 2.0 * f) / 2 * 255) for f in COGVIDEOX_LATENT_RGB_FACTORS[11]]
+    assert img[:4, :4].reshape(-1, 3).tolist() == [colour] * 16
+    assert set(map(tuple, img[4:].reshape(-1, 3).tolist())) == {(128, 128, 128)}  # a zero latent is mid-grey
