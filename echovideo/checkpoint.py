@@ -38,7 +38,7 @@ def parse_json(text: str, where: str):
 
 
 def read_json_file(path: str):
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:  # JSON is UTF-8 whatever the system's locale (Windows: cp1252)
         return parse_json(f.read(), path)
 
 
