@@ -8,6 +8,7 @@ import torch
 from .errors import check
 from .guidance import combine_guidance, guidance_scale_at
 from .rope import rotary_embedding_for_video
+from .scheduler import CogVideoXDPMScheduler
 from .video import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION
 
 RELEASED_SCHEDULER_CONFIG = dict(
@@ -21,9 +22,7 @@ RELEASED_SCHEDULER_CONFIG = dict(
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
 
-def make_scheduler(config: Optional[dict] = None):
-    from diffusers import CogVideoXDPMScheduler
-
+def make_scheduler(config: Optional[dict] = None) -> CogVideoXDPMScheduler:
     return CogVideoXDPMScheduler(**(config or RELEASED_SCHEDULER_CONFIG))
 
 
