@@ -1,4 +1,5 @@
 """CogVideoX VAE: face-frame latents (encode) and video decode with tiling and frame batching."""
+import contextlib
 from typing import Callable, Optional
 
 import numpy as np
@@ -6,6 +7,7 @@ import torch
 from PIL import Image
 
 from .errors import CheckpointError, check
+from .host_memory import large_blocks_unmapped_on_free
 from .video import check_video_size, latent_frames
 
 RELEASED_VAE_CONFIG = dict(
@@ -216,17 +218,20 @@ def decoder_calls_per_video(vae, latent_frames: int, h: int, w: int) -> int:
 
 def decode_to_images(vae, latents: torch.Tensor, tiling: bool = True, tile_size: Optional[int] = None,
                      progress=None, retry_tiled_on_oom: bool = True, log=print) -> torch.Tensor:
-    """Frames [B * frames, H, W, 3] float in [0, 1] (ComfyUI IMAGE layout)."""
-    video = None
-    try:
-        video = decode_raw(vae, latents, tiling, tile_size, progress)
-    except torch.OutOfMemoryError:
-        if tiling or not retry_tiled_on_oom:
-            raise
-        log("EchoVideo VAE decode ran out of memory untiled; retrying with tiling")
-    if video is None:  # retried outside the handler, so the failed attempt's tensors are already freed
-        _free_cache()
-        video = decode_raw(vae, latents, True, tile_size, progress)
+    """Frames [B * frames, H, W, 3] float in [0, 1] (ComfyUI IMAGE layout). On CPU, large buffers go back to
+    the OS as they are freed (host_memory), so the peak stays flat as frames grow."""
+    on_cpu = next(vae.parameters()).device.type == "cpu"
+    with large_blocks_unmapped_on_free() if on_cpu else contextlib.nullcontext():
+        video = None
+        try:
+            video = decode_raw(vae, latents, tiling, tile_size, progress)
+        except torch.OutOfMemoryError:
+            if tiling or not retry_tiled_on_oom:
+                raise
+            log("EchoVideo VAE decode ran out of memory untiled; retrying with tiling")
+        if video is None:  # retried outside the handler, so the failed attempt's tensors are already freed
+            _free_cache()
+            video = decode_raw(vae, latents, True, tile_size, progress)
     video.mul_(0.5).add_(0.5).clamp_(0, 1)  # in place: the decoded video is the largest tensor here
     return video.permute(0, 2, 3, 4, 1).reshape(-1, video.shape[3], video.shape[4], 3)
 

@@ -1,0 +1,54 @@
+"""Host (CPU) memory during a long CPU decode.
+
+glibc's malloc raises its mmap threshold as large blocks are freed (up to 32 MiB), after which the VAE's
+large activations come from the heap, whose free holes the next chunk cannot always reuse: the decode's peak
+RSS then depends on the order of allocations and drifts by up to about 90 MiB between identical runs. With
+large blocks mapped and unmapped one by one (once the heap's free space is used up: malloc reuses that
+first), the peak is what is live, whatever the video's length, at the price of page faults (about 10% of a
+CPU decode's time on the `large` benchmark).
+"""
+import contextlib
+import ctypes
+import os
+import sys
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+LARGE_BLOCK_BYTES = 1 << 20
+# What glibc's dynamic rule converges to on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX, trim = 2 x mmap):
+# set afterwards, since mallopt turns the dynamic rule off and has no getter to restore from.
+STEADY_MMAP_THRESHOLD = 32 << 20
+STEADY_TRIM_THRESHOLD = 64 << 20
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+
+
+def glibc_mallopt():
+    """libc's mallopt on Linux with glibc, else None; None as well when the user tuned malloc through the
+    environment (their settings stay)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    if any(k in os.environ for k in USER_SETTINGS) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc.mallopt
+    except (OSError, AttributeError):  # musl, or no mallopt
+        return None
+
+
+@contextlib.contextmanager
+def large_blocks_unmapped_on_free():
+    """Inside: blocks of 1 MiB or more are mmapped, so freeing one returns its pages to the OS at once.
+    Yields whether the setting took effect (False off glibc)."""
+    mallopt = glibc_mallopt()
+    if mallopt is None:
+        yield False
+        return
+    applied = mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES) == 1
+    if applied:
+        mallopt(M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD)  # the heap's small blocks keep their pages
+    try:
+        yield applied
+    finally:
+        if applied:
+            mallopt(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD)
+            mallopt(M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD)
