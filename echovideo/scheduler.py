@@ -138,11 +138,10 @@ class CogVideoXDPMScheduler:
         k = self._step_coefficients(timestep, timestep_back)
         pred_original = self._x0_estimate(model_output, sample, k)
         noise = self._noise(sample, generator)
-        prev_sample = k["sample"] * sample - k["x0"] * pred_original + k["noise"] * noise
-        if old_pred_original_sample is None or k["prev_timestep"] < 0:
-            return prev_sample, pred_original
+        if old_pred_original_sample is None or k["prev_timestep"] < 0:  # first-order step
+            return k["sample"] * sample - k["x0"] * pred_original + k["noise"] * noise, pred_original
         denoised = k["x0_now"] * pred_original - k["x0_old"] * old_pred_original_sample
-        noise = self._noise(sample, generator)
+        noise = self._noise(sample, generator)  # the first draw is discarded, as the published sampler does
         return k["sample"] * sample - k["x0"] * denoised + k["noise"] * noise, pred_original
 
     @staticmethod
