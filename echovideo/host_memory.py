@@ -4,7 +4,7 @@ glibc's malloc raises its mmap threshold as large blocks are freed (up to 32 MiB
 large activations come from the heap, whose free holes the next chunk cannot always reuse: the decode's peak
 RSS then depends on the order of allocations and drifts by up to about 90 MiB between identical runs. With
 large blocks mapped and unmapped one by one (once the heap's free space is used up: malloc reuses that
-first), the peak is what is live, whatever the video's length, at the price of page faults (about 10% of a
+first), the peak is what is live, whatever the video's length, at the price of page faults (about 13% of a
 CPU decode's time on the `large` benchmark).
 """
 import contextlib
