@@ -35,6 +35,7 @@ def freed_but_kept_mib(blocks=24, block_mib=2):
     del large
     return grown, rss_mib() - before
 
+torch.ones(1 << 18).add_(1).sum()  # one-off growth first (the first tensors, the OpenMP worker's stack)
 with host_memory.large_blocks_unmapped_on_free() as applied:
     inside = freed_but_kept_mib()
 after = freed_but_kept_mib()  # glibc's steady 32 MiB threshold: 2 MiB blocks come from the heap
@@ -52,8 +53,9 @@ def test_large_blocks_return_to_the_os_inside_and_stay_after():
     assert r["applied"]
     (grown_inside, kept_inside), (grown_after, kept_after) = r["inside"], r["after"]
     assert grown_inside > 38 and grown_after > 38, r  # 48 MiB touched each time
-    assert kept_inside < 8, f"{kept_inside:.1f} MiB of 48 freed MiB still held inside the context"
-    assert kept_after > 24, f"only {kept_after:.1f} MiB held after it: the control shows nothing"
+    # a few MiB may come from free heap space left by the imports (malloc reuses it before mapping anew)
+    assert kept_inside < 12, f"{kept_inside:.1f} MiB of 48 freed MiB still held inside the context"
+    assert kept_after > 36, f"only {kept_after:.1f} MiB held after it: the control shows nothing"
 
 
 def test_users_malloc_environment_is_left_alone(monkeypatch):
