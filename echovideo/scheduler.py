@@ -2,9 +2,11 @@
 sampling loop: the same numbers and random draws as diffusers' class of that name, from the same config
 dict, without its per-step bookkeeping. Each step's scalar coefficients are worked out once, in float64
 0-dim tensors (so that the zero-SNR first step's infinities behave as they do there), and applied to the
-latents as Python floats.
+latents as those 0-dim tensors, left of the latents (in bf16/fp16 torch rounds such a factor to the
+latents' dtype first, as it does in diffusers).
 """
 import math
+import numbers
 from typing import Optional, Tuple
 
 import numpy as np
@@ -42,6 +44,7 @@ def _zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
 
 class CogVideoXDPMScheduler:
     def __init__(self, **config):
+        config = {k: v for k, v in config.items() if not k.startswith("_")}  # _class_name etc., as diffusers
         unknown = sorted(set(config) - set(CONFIG_DEFAULTS))
         check(not unknown, "scheduler_config", unknown, "only keys of CogVideoXDPMScheduler's config: "
               + ", ".join(CONFIG_DEFAULTS))
@@ -77,9 +80,10 @@ class CogVideoXDPMScheduler:
     def set_timesteps(self, num_inference_steps: int, device=None) -> None:
         c = self.config
         n = c["num_train_timesteps"]
-        check(isinstance(num_inference_steps, int) and 1 <= num_inference_steps <= n, "steps",
+        check(isinstance(num_inference_steps, numbers.Integral) and not isinstance(num_inference_steps, bool)
+              and 1 <= num_inference_steps <= n, "steps",
               num_inference_steps, f"an integer from 1 to {n} (the scheduler's training timesteps)")
-        self.num_inference_steps = num_inference_steps
+        self.num_inference_steps = num_inference_steps = int(num_inference_steps)
         # numpy's arange/linspace and round-half-even, as diffusers computes them (arXiv 2305.08891, table 2)
         if c["timestep_spacing"] == "linspace":
             ts = np.linspace(0, n - 1, num_inference_steps).round()[::-1].astype(np.int64)
@@ -108,13 +112,13 @@ class CogVideoXDPMScheduler:
 
         lam = log_snr_half(a_t)
         h = log_snr_half(a_prev) - lam
-        k = dict(prev_timestep=prev_timestep, sqrt_a=float(a_t ** 0.5), sqrt_1ma=float((1 - a_t) ** 0.5),
-                 sample=float(((1 - a_prev) / (1 - a_t)) ** 0.5 * (-h).exp()),
-                 x0=float((-2 * h).expm1() * a_prev ** 0.5),
-                 noise=float((1 - a_prev) ** 0.5 * (1 - (-2 * h).exp()) ** 0.5))
+        k = dict(prev_timestep=prev_timestep, sqrt_a=a_t ** 0.5, sqrt_1ma=(1 - a_t) ** 0.5,
+                 sample=((1 - a_prev) / (1 - a_t)) ** 0.5 * (-h).exp(),
+                 x0=(-2 * h).expm1() * a_prev ** 0.5,
+                 noise=(1 - a_prev) ** 0.5 * (1 - (-2 * h).exp()) ** 0.5)
         if timestep_back is not None:
             r = (lam - log_snr_half(self.alphas_cumprod[timestep_back])) / h
-            k.update(x0_now=float(1 + 1 / (2 * r)), x0_old=float(1 / (2 * r)))
+            k.update(x0_now=1 + 1 / (2 * r), x0_old=1 / (2 * r))
         self._coefficients[key] = k
         return k
 

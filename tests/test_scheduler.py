@@ -2,6 +2,7 @@
 the same timesteps, alpha-bars, latents, x0 estimates and random draws, bit for bit, over its config options."""
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from diffusers import CogVideoXDPMScheduler as DiffusersScheduler
@@ -25,16 +26,16 @@ CONFIGS = {
 }
 
 
-def run_both(config, steps, shape=(1, 3, 4, 5, 6)):
+def run_both(config, steps, shape=(1, 3, 4, 5, 6), dtype=torch.float32):
     ours, theirs = CogVideoXDPMScheduler(**config), DiffusersScheduler(**config)
     ours.set_timesteps(steps)
     theirs.set_timesteps(steps)
     assert torch.equal(ours.timesteps, theirs.timesteps)
     assert torch.equal(ours.alphas_cumprod, theirs.alphas_cumprod)
     g_ours, g_theirs = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    x_ours = x_theirs = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    x_ours = x_theirs = torch.randn(shape, generator=torch.Generator().manual_seed(4)).to(dtype)
     old_ours = old_theirs = None
-    outputs = torch.randn((len(ours.timesteps), *shape), generator=torch.Generator().manual_seed(5))
+    outputs = torch.randn((len(ours.timesteps), *shape), generator=torch.Generator().manual_seed(5)).to(dtype)
     ts = theirs.timesteps
     for i, t in enumerate(ts):
         back = ts[i - 1] if i > 0 else None
@@ -51,6 +52,26 @@ def run_both(config, steps, shape=(1, 3, 4, 5, 6)):
 def test_steps_equal_diffusers_bit_for_bit(name, steps):
     final = run_both(CONFIGS[name], steps)
     assert torch.isfinite(final).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("name", ["released", "epsilon", "cosine"])
+def test_other_latent_dtypes_equal_diffusers_bit_for_bit(name, dtype):
+    """In bf16/fp16 torch rounds a 0-dim float64 factor to the latents' dtype first: ours must do the same."""
+    final = run_both(CONFIGS[name], 7, dtype=dtype)
+    assert final.dtype == dtype
+
+
+def test_config_as_saved_by_diffusers_is_accepted():
+    """A scheduler_config.json carries _class_name and _diffusers_version; diffusers ignores such keys."""
+    saved = dict(RELEASED, _class_name="CogVideoXDPMScheduler", _diffusers_version="0.31.0")
+    run_both(saved, 3)
+
+
+def test_numpy_integer_step_count_is_accepted():
+    s = CogVideoXDPMScheduler(**RELEASED)
+    s.set_timesteps(np.int64(6))
+    assert s.num_inference_steps == 6 and type(s.num_inference_steps) is int and len(s.timesteps) == 6
 
 
 def test_step_draws_noise_once_then_twice():
@@ -96,14 +117,14 @@ def test_sample_uses_this_scheduler_and_matches_diffusers(monkeypatch):
     (dict(RELEASED, timestep_spacing="uniform"), "timestep_spacing"),
     (dict(RELEASED, prediction_type="flow"), "prediction_type"),
     (dict(RELEASED, beta_schedule="karras"), "beta_schedule"),
-    (dict(RELEASED, _class_name="CogVideoXDPMScheduler"), "scheduler_config"),
+    (dict(RELEASED, clip_samples=True), "scheduler_config"),
 ])
 def test_bad_config_names_the_key(config, name):
     with pytest.raises(EchoVideoInputError, match=name):
         CogVideoXDPMScheduler(**config)
 
 
-@pytest.mark.parametrize("steps", [0, 1001, 2.5])
+@pytest.mark.parametrize("steps", [0, 1001, 2.5, True])
 def test_bad_step_count_names_steps(steps):
     s = CogVideoXDPMScheduler(**RELEASED)
     with pytest.raises(EchoVideoInputError, match="steps"):
