@@ -4,8 +4,8 @@ glibc's malloc raises its mmap threshold as large blocks are freed (up to 32 MiB
 large activations come from the heap, whose free holes the next chunk cannot always reuse: the decode's peak
 RSS then depends on the order of allocations and drifts by up to about 90 MiB between identical runs. With
 large blocks mapped and unmapped one by one (once the heap's free space is used up: malloc reuses that
-first), the peak is what is live, whatever the video's length, at the price of page faults (about 13% of a
-CPU decode's time on the `large` benchmark).
+first), the peak is what is live, whatever the video's length, at the price of page faults (they about
+double a CPU decode's time on the `large` benchmark, which oneDNN's convs have made short).
 """
 import contextlib
 import ctypes
@@ -13,7 +13,7 @@ import os
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
-LARGE_BLOCK_BYTES = 1 << 20
+LARGE_BLOCK_BYTES = 4 << 20  # 8 and 16 MiB left the 49-frame peak drifting by up to 60 MiB
 # What glibc's dynamic rule converges to on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX, trim = 2 x mmap):
 # set afterwards, since mallopt turns the dynamic rule off and has no getter to restore from.
 STEADY_MMAP_THRESHOLD = 32 << 20
@@ -37,7 +37,7 @@ def glibc_mallopt():
 
 @contextlib.contextmanager
 def large_blocks_unmapped_on_free():
-    """Inside: blocks of 1 MiB or more are mmapped, so freeing one returns its pages to the OS at once.
+    """Inside: blocks of 4 MiB or more are mmapped, so freeing one returns its pages to the OS at once.
     Yields whether the setting took effect (False off glibc)."""
     mallopt = glibc_mallopt()
     if mallopt is None:

@@ -22,8 +22,10 @@ RELEASED_VAE_CONFIG = dict(
 VAE_CONFIG_KEYS = ("block_out_channels", "latent_channels", "down_block_types", "up_block_types")
 
 
-def build_vae(config: dict, dtype=torch.float32, device="cpu", drop_unused_caches: bool = True):
-    """AutoencoderKLCogVideoX from a config; drop_unused_caches=False keeps diffusers' stock convs."""
+def build_vae(config: dict, dtype=torch.float32, device="cpu", drop_unused_caches: bool = True,
+              onednn_conv3d: bool = True):
+    """AutoencoderKLCogVideoX from a config; drop_unused_caches=False and onednn_conv3d=False keep diffusers'
+    stock convs."""
     import inspect
 
     from diffusers import AutoencoderKLCogVideoX
@@ -40,6 +42,8 @@ def build_vae(config: dict, dtype=torch.float32, device="cpu", drop_unused_cache
         raise CheckpointError(f"the VAE config is not a CogVideoX VAE config: {e}") from e
     if drop_unused_caches:
         drop_unused_conv_caches(vae)
+    if onednn_conv3d:
+        conv3d_through_onednn_on_cpu(vae)
     return _move(vae, device, dtype)
 
 
@@ -59,6 +63,30 @@ def drop_unused_conv_caches(vae) -> int:
         if (getattr(module, "time_kernel_size", None) == 1 and getattr(module, "pad_mode", None) != "replicate"
                 and isinstance(getattr(module, "conv", None), torch.nn.Conv3d)):
             module.forward = types.MethodType(_conv_without_cache, module)
+            changed += 1
+    return changed
+
+
+def _onednn_conv_forward(self, input, weight, bias):
+    if (input.device.type != "cpu" or input.dtype != torch.float32 or weight.dtype != torch.float32
+            or isinstance(self.padding, str) or self.padding_mode != "zeros"):
+        return torch.nn.Conv3d._conv_forward(self, input, weight, bias)
+    return torch.ops.aten.mkldnn_convolution(input, weight, bias, self.padding, self.stride, self.dilation,
+                                             self.groups)
+
+
+def conv3d_through_onednn_on_cpu(vae) -> int:
+    """torch sends a float32 CPU conv3d with batch 1, no groups and a kernel of 3 or less to its slow
+    im2col kernel unless batch x channels x frames x height exceeds 20480: at small sizes (short or small
+    videos, the benchmark's tiny VAE) that is about half of a decode's time. These convs go to oneDNN
+    instead (what torch picks above that size anyway); other devices and dtypes keep torch's choice.
+    Returns how many convs were changed."""
+    import types
+
+    changed = 0
+    for module in vae.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            module._conv_forward = types.MethodType(_onednn_conv_forward, module)
             changed += 1
     return changed
 

@@ -23,7 +23,7 @@ def rss_mib():
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) / 1024.0 for l in f if l.startswith("VmRSS:"))
 
-def freed_but_kept_mib(blocks=24, block_mib=2):
+def freed_but_kept_mib(blocks=6, block_mib=8):
     # large blocks, each followed by a small live tensor (the heap cannot shrink past those), then the
     # large ones freed: how much of them the process still holds
     before = rss_mib()
@@ -38,7 +38,7 @@ def freed_but_kept_mib(blocks=24, block_mib=2):
 torch.ones(1 << 18).add_(1).sum()  # one-off growth first (the first tensors, the OpenMP worker's stack)
 with host_memory.large_blocks_unmapped_on_free() as applied:
     inside = freed_but_kept_mib()
-after = freed_but_kept_mib()  # glibc's steady 32 MiB threshold: 2 MiB blocks come from the heap
+after = freed_but_kept_mib()  # glibc's steady 32 MiB threshold: 8 MiB blocks come from the heap
 print(json.dumps(dict(applied=applied, inside=inside, after=after)))
 """
 

@@ -257,3 +257,37 @@ def test_out_of_memory_in_vae_decode_tiled_raises_untiled_retries(monkeypatch):
     frames = vae_lib.decode_to_images(vae, z, tiling=False, tile_size=64, log=logged.append)
     assert calls == [False, True] and frames.shape == (9, 64, 64, 3)
     assert logged == ["EchoVideo VAE decode ran out of memory untiled; retrying with tiling"]
+
+
+def _slow_conv3d_calls(fn) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key == "aten::slow_conv3d_forward")
+
+
+def test_cpu_conv3d_goes_to_onednn_with_the_same_frames():
+    """Small float32 conv3d inputs take torch's im2col kernel (about half of the benchmark's decode time)
+    unless build_vae routes them to oneDNN; the frames stay the same within float32 rounding."""
+    p = tiny.PRESETS["shared"]
+    stock = tiny.randomize_(vae_lib.build_vae(tiny.vae_config(p), onednn_conv3d=False), 1)
+    routed = tiny.tiny_vae(p)
+    z = torch.randn(1, 2, p.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert _slow_conv3d_calls(lambda: vae_lib.decode_raw(stock, z)) > 0  # the control: torch's own choice
+    assert _slow_conv3d_calls(lambda: vae_lib.decode_raw(routed, z)) == 0
+    a, b = vae_lib.decode_raw(stock, z), vae_lib.decode_raw(routed, z)
+    assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+    face = np.random.RandomState(0).randint(0, 256, (64, 64, 3)).astype(np.uint8)
+    enc_a = vae_lib.encode_face_frame(stock, face, 64, 64, 9)
+    enc_b = vae_lib.encode_face_frame(routed, face, 64, 64, 9)
+    assert (enc_a - enc_b).abs().max() <= 1e-5 * enc_a.abs().max()
+
+
+def test_onednn_conv3d_keeps_torch_for_other_dtypes():
+    routed = tiny.tiny_vae(tiny.PRESETS["shared"])
+    conv = next(m for m in routed.modules() if isinstance(m, torch.nn.Conv3d))
+    x = torch.randn(1, conv.in_channels, 3, 8, 8)
+    ref = torch.nn.functional.conv3d(x.double(), conv.weight.double(), conv.bias.double(), conv.stride,
+                                     conv.padding, conv.dilation, conv.groups)
+    assert torch.allclose(conv.double()(x.double()), ref)  # float64: torch's own kernel (oneDNN has none)
