@@ -69,7 +69,8 @@ def drop_unused_conv_caches(vae) -> int:
 
 def _onednn_conv_forward(self, input, weight, bias):
     if (input.device.type != "cpu" or input.dtype != torch.float32 or weight.dtype != torch.float32
-            or isinstance(self.padding, str) or self.padding_mode != "zeros"):
+            or isinstance(self.padding, str) or self.padding_mode != "zeros"
+            or not torch.backends.mkldnn.enabled):  # the user's torch.backends.mkldnn.flags(enabled=False)
         return torch.nn.Conv3d._conv_forward(self, input, weight, bias)
     return torch.ops.aten.mkldnn_convolution(input, weight, bias, self.padding, self.stride, self.dilation,
                                              self.groups)
@@ -83,6 +84,8 @@ def conv3d_through_onednn_on_cpu(vae) -> int:
     Returns how many convs were changed."""
     import types
 
+    if not torch.backends.mkldnn.is_available():  # a torch built without oneDNN
+        return 0
     changed = 0
     for module in vae.modules():
         if isinstance(module, torch.nn.Conv3d):

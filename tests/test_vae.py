@@ -291,3 +291,15 @@ def test_onednn_conv3d_keeps_torch_for_other_dtypes():
     ref = torch.nn.functional.conv3d(x.double(), conv.weight.double(), conv.bias.double(), conv.stride,
                                      conv.padding, conv.dilation, conv.groups)
     assert torch.allclose(conv.double()(x.double()), ref)  # float64: torch's own kernel (oneDNN has none)
+
+
+def test_onednn_conv3d_follows_torch_switches(monkeypatch):
+    """torch.backends.mkldnn.flags(enabled=False) puts torch's own kernel back; a torch without oneDNN
+    leaves the convs alone."""
+    p = tiny.PRESETS["shared"]
+    routed = tiny.tiny_vae(p)
+    z = torch.randn(1, 2, p.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert _slow_conv3d_calls(lambda: vae_lib.decode_raw(routed, z)) > 0
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert vae_lib.conv3d_through_onednn_on_cpu(vae_lib.build_vae(tiny.vae_config(p), onednn_conv3d=False)) == 0
