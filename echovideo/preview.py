@@ -25,6 +25,7 @@ COGVIDEOX_LATENT_RGB_FACTORS = (
     (0.08082391586738358, 0.11548306825496074, -0.021464170006615893),
     (-0.01517932393230994, -0.0057985555313003236, 0.07216646476618871),
 )
+_FACTORS = torch.tensor(COGVIDEOX_LATENT_RGB_FACTORS)
 
 
 def preview_frame(latents: torch.Tensor) -> torch.Tensor:
@@ -40,7 +41,7 @@ def latent_to_rgb(latents: torch.Tensor) -> torch.Tensor:
     """uint8 RGB [h, w, 3] on the CPU for the preview frame of `latents`."""
     x = preview_frame(latents).float().cpu()
     if x.shape[0] == len(COGVIDEOX_LATENT_RGB_FACTORS):
-        rgb = torch.einsum("chw,cr->hwr", x, torch.tensor(COGVIDEOX_LATENT_RGB_FACTORS))
+        rgb = torch.einsum("chw,cr->hwr", x, _FACTORS)
         return ((rgb + 1.0) / 2.0).clamp(0, 1).mul(255).round().to(torch.uint8)
     x = x[:3] if x.shape[0] >= 3 else x[:1].expand(3, -1, -1)
     lo, hi = x.amin(dim=(1, 2), keepdim=True), x.amax(dim=(1, 2), keepdim=True)

@@ -75,7 +75,6 @@ class CogVideoXDPMScheduler:
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
         self.timesteps = torch.arange(n - 1, -1, -1, dtype=torch.int64)
-        self._coefficients = {}
 
     def set_timesteps(self, num_inference_steps: int, device=None) -> None:
         c = self.config
@@ -93,7 +92,6 @@ class CogVideoXDPMScheduler:
         else:  # trailing
             ts = np.round(np.arange(n, 0, -n / num_inference_steps)).astype(np.int64) - 1
         self.timesteps = torch.from_numpy(ts.copy()).to(device)
-        self._coefficients = {}
 
     def _alpha_bar(self, timestep: int) -> torch.Tensor:
         return self.alphas_cumprod[timestep] if timestep >= 0 else self.final_alpha_cumprod
@@ -101,9 +99,6 @@ class CogVideoXDPMScheduler:
     def _step_coefficients(self, timestep: int, timestep_back: Optional[int]) -> dict:
         """Scalars of one step: the x0 estimate's (sqrt(a_t), sqrt(1 - a_t)), DPM-Solver++ 2M's multipliers
         of the sample, of the x0 estimate (and of the previous one) and of the noise."""
-        key = (timestep, timestep_back)
-        if key in self._coefficients:
-            return self._coefficients[key]
         prev_timestep = timestep - self.config["num_train_timesteps"] // self.num_inference_steps
         a_t, a_prev = self._alpha_bar(timestep), self._alpha_bar(prev_timestep)
 
@@ -119,7 +114,6 @@ class CogVideoXDPMScheduler:
         if timestep_back is not None:
             r = (lam - log_snr_half(self.alphas_cumprod[timestep_back])) / h
             k.update(x0_now=1 + 1 / (2 * r), x0_old=1 / (2 * r))
-        self._coefficients[key] = k
         return k
 
     def _x0_estimate(self, model_output, sample, k) -> torch.Tensor:
