@@ -9,4 +9,4 @@ bash scripts/setup_env.sh --test
   --image output/tiny_input/echovideo_example_photo.png --prompt "a person smiles and waves in a sunny park" \
   --dit echo_tiny.safetensors --vae vae_tiny.safetensors --siglip siglip_tiny.safetensors \
   --t5 t5_tiny.safetensors --tokenizer output/tiny_models/text_encoders/t5_tiny_tokenizer \
-  --width 64 --height 64 --frames 9 --steps 4 --out output/echovideo_tiny.mp4
+  --width 64 --height 64 --frames 9 --steps 4 --device cpu --out output/echovideo_tiny.mp4

@@ -1,12 +1,15 @@
 """The model built from the released config has exactly the released checkpoint's keys and shapes."""
 import json
 
+import pytest
 import torch
 
 from echovideo.checkpoint import diagnose, expected_layout
 from echovideo.config import RELEASED_CONFIG, TransformerConfig
 from echovideo.transformer import EchoVideoTransformer
 from golden import LAYOUT_FILE
+
+pytestmark = pytest.mark.golden  # reads the shared golden folder's layout file: `-m "not golden"` leaves it out
 
 
 def test_released_config_builds_released_layout_on_meta():
