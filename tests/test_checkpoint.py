@@ -46,12 +46,12 @@ def test_sharded_diffusers_folder_loads_and_matches(golden, tmp_path):
     write_diffusers_folder(golden.weights("transformer"), golden.meta["transformer_config"], str(folder))
     model = checkpoint.load_transformer(str(folder), compute_dtype=torch.float32)
     assert model.weight_dtype == torch.bfloat16
-    assert rel_error(level1_output(model, golden), golden["transformer.out.model_output"]) < 0.02
+    assert rel_error(level1_output(model, golden), golden["transformer.out.model_output"]) < 0.012  # bf16 storage
 
 
 @pytest.mark.golden
-@pytest.mark.parametrize("dtype,bound", [
-    (torch.float32, None), (torch.bfloat16, 0.02), (torch.float16, 0.005),
+@pytest.mark.parametrize("dtype,bound", [  # seen on five golden cases: bf16 3.5-5.2e-3, fp16 3.0-3.6e-4,
+    (torch.float32, None), (torch.bfloat16, 0.012), (torch.float16, 0.002),  # e4m3fn 0.044-0.059, e5m2 0.135-0.167
     (torch.float8_e4m3fn, 0.1), (torch.float8_e5m2, 0.25)])
 def test_single_file_each_stored_dtype(golden, tmp_path, dtype, bound):
     """fp32 storage reproduces the reference within test_golden's tolerance (rtol 1e-4, atol 1e-4 x scale);

@@ -56,7 +56,7 @@ def test_dynamic_guidance_schedule_values():
     """1 + g (1 - cos(pi ((T - t) / T)^5)) / 2: 1 + g at t = 0, 1 at t = T; between, the fifth power."""
     assert guidance.dynamic_guidance_scale(6.0, 0, 50) == pytest.approx(7.0, abs=1e-12)
     assert guidance.dynamic_guidance_scale(6.0, 50, 50) == pytest.approx(1.0, abs=1e-12)
-    # t = T/2: ((T - t)/T)^5 = 1/32 -> 1 + 3 (1 - cos(pi/32)), by hand 1.0144384...
+    # t = T/2: ((T - t)/T)^5 = 1/32 -> 1 + 3 (1 - cos(pi/32)), by hand 1.0144458...
     assert guidance.dynamic_guidance_scale(6.0, 25, 50) == pytest.approx(1.0144458, abs=1e-6)
     assert guidance.guidance_scale_at(6.0, 0, 50, dynamic=True) == pytest.approx(7.0)
     assert guidance.guidance_scale_at(6.0, 0, 50, dynamic=False) == 6.0
@@ -306,8 +306,14 @@ def test_step_cache_signal_is_the_video_part(dit):
     video, text, temb = dit.embed(x, ctx, t)
     signal = dit.modulated_video_input(video, text, temb)
     assert signal.shape == video.shape == (1, 2 * 4 * 4, P.heads * P.head_dim)
-    expected = dit.transformer_blocks[0].norm1(torch.cat([text, video], dim=1), P.text_len, temb)[0][:, P.text_len:]
-    assert torch.equal(signal, expected)
+    # written out: LayerNorm of each video token, then block 0's video shift and scale (the first two of six)
+    norm1 = dit.transformer_blocks[0].norm1
+    shift, scale = norm1.linear(torch.nn.functional.silu(temb)).chunk(6, dim=1)[:2]
+    by_hand = torch.nn.functional.layer_norm(video, (video.shape[-1],), norm1.norm.weight, norm1.norm.bias,
+                                             norm1.norm.eps) * (1 + scale[:, None]) + shift[:, None]
+    torch.testing.assert_close(signal, by_hand, rtol=1e-5, atol=1e-5)
+    assert torch.equal(dit.modulated_video_input(video, torch.randn_like(text), temb), signal)  # text plays no part
+    assert not torch.allclose(dit.modulated_video_input(video, text, temb * 1.5), signal)  # the timestep does
 
 
 # ---------------------------------------------------------------- iitf.py / resampler.py

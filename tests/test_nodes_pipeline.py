@@ -368,7 +368,8 @@ def test_fp8_weights_and_comfy_attention(env):
     assert any(p.dtype == torch.float8_e4m3fn for p in fp8.model.parameters())
     got = _sample_with(fp8, out)
     assert torch.isfinite(got).all()
-    assert (got - base).abs().mean() < 0.25 * base.abs().mean()  # fp8 rounding only
+    # fp8 rounding only: 1.2% seen; a DiT whose output is zero lands about 24% away
+    assert (got - base).abs().mean() < 0.05 * base.abs().mean()
     (comfy_attn,) = comfy_env.run_node(mn.ModelLoader, model_name="echo_tiny.safetensors", weight_dtype="default",
                                        attention="comfy")
     torch.testing.assert_close(_sample_with(comfy_attn, out), base, rtol=1e-4, atol=1e-4)

@@ -6,8 +6,6 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml with tomllib")
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,6 +19,7 @@ def pins():
 
 
 def test_pyproject_dependencies_are_requirements_txt():
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml with tomllib")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert sorted(map(str, map(Requirement, project["dependencies"]))) == \
         sorted(map(str, requirement_lines("requirements.txt")))

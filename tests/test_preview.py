@@ -16,6 +16,17 @@ def test_cogvideox_latents_go_through_the_rgb_factors():
     assert len(COGVIDEOX_LATENT_RGB_FACTORS) == 16 and all(len(row) == 3 for row in COGVIDEOX_LATENT_RGB_FACTORS)
 
 
+def test_rgb_factors_are_the_published_ones():
+    """Rows as published in kijai's ComfyUI-CogVideoXWrapper (latent_preview.py), copied by hand as numbers."""
+    published = {0: (0.11945946736445662, 0.09919175788574555, -0.004832707433877734),
+                 8: (0.1273639464837117, -0.010959856130713416, 0.043268631260428896),
+                 15: (-0.01517932393230994, -0.0057985555313003236, 0.07216646476618871)}
+    for row, values in published.items():
+        assert COGVIDEOX_LATENT_RGB_FACTORS[row] == values, row
+    column_sums = [round(sum(col), 6) for col in zip(*COGVIDEOX_LATENT_RGB_FACTORS)]
+    assert column_sums == [0.747248, 0.787079, 0.585463]  # of the published table
+
+
 def test_saturated_latents_clip_to_black_and_white():
     frame = torch.zeros(16, 1, 2)
     frame[:, 0, 0] = 1000.0

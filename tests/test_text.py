@@ -104,10 +104,15 @@ def test_single_file_with_config_metadata(tiny_t5, tmp_path):
 
 
 def test_bf16_load(tiny_t5):
-    _, folder, tok_dir = tiny_t5
+    model, folder, tok_dir = tiny_t5
     enc = text.load_t5_encoder(folder, dtype=torch.bfloat16)
-    out = text.encode_prompt(enc, text.load_tokenizer(tok_dir), "a man")
+    tok = text.load_tokenizer(tok_dir)
+    out = text.encode_prompt(enc, tok, "a man")
     assert out.dtype == torch.bfloat16 and out.shape == (1, 226, 16)
+    want = reference(model, tok, "a man")
+    err = ((out.float() - want).abs().max() / want.abs().max()).item()
+    print(f"bf16 T5: max error / scale {err:.4f}")
+    assert err < 0.05  # bf16 rounding through the layers; a model that ignored its weights is ~100% off
 
 
 def test_fp16_load_keeps_wo_in_fp32(tiny_t5):

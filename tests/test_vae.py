@@ -16,14 +16,17 @@ def vae():
     return tiny.tiny_vae(tiny.PRESETS["shared"])
 
 
-@pytest.mark.parametrize("tile_size", [64, 96, 128])
-def test_tiled_decode_same_size_close_to_untiled(vae, tile_size):
+@pytest.mark.parametrize("tile_size,bound", [(64, 0.07), (96, 0.04), (128, 0.02)])  # seen: 4.4%, 2.2%, 0.9%
+def test_tiled_decode_same_size_close_to_untiled(vae, tile_size, bound):
     z = torch.randn(1, 3, 4, 16, 24, generator=torch.Generator().manual_seed(0))
     full = vae_lib.decode_raw(vae, z, tiling=False)
     tiled = vae_lib.decode_raw(vae, z, tiling=True, tile_size=tile_size)
     assert tiled.shape == full.shape == (1, 3, 9, 128, 192)
-    # tiles see less context than the whole frame; on this random tiny VAE the seams differ by a few %
-    assert (tiled - full).abs().max() < 0.1 * full.abs().max()
+    # tiles see less context than the whole frame; on this random tiny VAE the seams differ by a few %,
+    # less as tiles grow (more context, fewer seams)
+    err = ((tiled - full).abs().max() / full.abs().max()).item()
+    print(f"tile {tile_size}: max error / scale {err:.4f}")
+    assert err < bound
 
 
 def test_progress_counts_every_decoder_chunk(vae):
@@ -290,7 +293,9 @@ def test_onednn_conv3d_keeps_torch_for_other_dtypes():
     x = torch.randn(1, conv.in_channels, 3, 8, 8)
     ref = torch.nn.functional.conv3d(x.double(), conv.weight.double(), conv.bias.double(), conv.stride,
                                      conv.padding, conv.dilation, conv.groups)
-    assert torch.allclose(conv.double()(x.double()), ref)  # float64: torch's own kernel (oneDNN has none)
+    conv = conv.double()
+    assert torch.allclose(conv(x.double()), ref)
+    assert _slow_conv3d_calls(lambda: conv(x.double())) > 0  # float64: torch's own kernel (oneDNN has none)
 
 
 def test_onednn_conv3d_follows_torch_switches(monkeypatch):

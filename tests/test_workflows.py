@@ -279,10 +279,10 @@ def test_example_model_names_match_readme():
     assert not missing, f"README model table does not name {missing}"
 
 
+@pytest.mark.comfyui
+@pytest.mark.skipif(not comfy_env.available(), reason=comfy_env.SKIP_REASON)
 def test_snapshot_matches_comfyui(info):
     """The snapshot (used without ComfyUI) must describe the same inputs/outputs as the live nodes."""
-    if not comfy_env.available():
-        pytest.skip(comfy_env.SKIP_REASON)
     snap = nodeinfo.snapshot_node_info()
 
     def sig(i):
