@@ -221,7 +221,8 @@ def weight_dtype(choice: str, device=None) -> torch.dtype:
         raise ValueError(f"EchoVideo: weight dtype {choice!r} unknown; choose one of {list(WEIGHT_DTYPES)}")
     d = WEIGHT_DTYPES[choice]
     if choice != "default" and d is None:
-        raise ValueError(f"EchoVideo: this torch build has no {choice}")
+        raise ValueError(f"EchoVideo Model Loader: weight_dtype {choice} needs a torch with {choice} (2.1 or "
+                         "newer); pick default, bf16 or fp16, or update torch")
     return d if d is not None else compute_dtype(device)
 
 

@@ -270,6 +270,19 @@ def readme_model_table():
 EXAMPLE_FOLDERS = dict(model="diffusion_models", vae="vae", t5="text_encoders", siglip="clip_vision")
 
 
+def test_committed_workflows_are_the_build_scripts_output(info):
+    """workflows/*.json and the tiny twins are what tests/workflows/build_workflows.py writes, so a hand edit
+    of a JSON file cannot be lost (or silently undone) at the next regeneration."""
+    import build_workflows
+
+    for kind, name, title in build_workflows.KINDS:
+        assert load(os.path.join(REPO, "workflows", name + ".json")) == \
+            json.loads(json.dumps(build_workflows.ui_workflow(kind, title, info))), \
+            f"workflows/{name}.json differs from build_workflows.py's graph: edit the script and regenerate"
+        assert load(os.path.join(TWIN_DIR, name + "_tiny_api.json")) == \
+            json.loads(json.dumps(build_workflows.api_twin(kind, info))), f"{name}_tiny_api.json is stale"
+
+
 def test_example_model_names_match_readme():
     """The example workflows name the model folders the README's model table tells users to make."""
     table = readme_model_table()

@@ -45,8 +45,9 @@ Pick your photo in **Load Image** (the graph names echovideo_example_photo.png, 
 load `t5xxl_fp16.safetensors` with the core **Load CLIP** node (type `sd3`) and connect it to Text Encode's
 `clip` input (disconnect `t5`).
 
-Settings as the reference: 49 frames, 50 steps, cfg 6 with dynamic cfg. Width/height: multiples of 16;
-frames: 8k+1 (9, 17, 25, 33, 41, 49).
+Settings as the reference: 49 frames, 50 steps, cfg 6 with dynamic cfg, seed 42 for the first run (the
+Sampler's seed is then randomized after each run, for a new take; set it to `fixed` to repeat one).
+Width/height: multiples of 16; frames: 8k+1 (9, 17, 25, 33, 41, 49).
 """
 UPSCALE_NOTE = ("- `models/upscale_models/RealESRGAN_x2plus.pth` (or any ESRGAN-type upscaler; pick it in "
                 "Load Upscale Model). 2x gives 1696 x 960 frames; a 4x model gives 3392 x 1920, about 3.8 GB "
@@ -72,15 +73,15 @@ def graph(kind, sizes, names, photo):
                                           "num_frames": sizes["frames"]},
          {"vae": (8, 0), "image": (4, 1)}, (780, 420), (280, 130)),
         (11, "EchoVideoSampler", {"steps": sizes["steps"], "cfg": 6.0, "dynamic_cfg": True, "seed": 42},
-         {"model": (7, 0), "conditioning": (9, 0), "image_latents": (10, 0)}, (1100, 20), (300, 200)),
+         {"model": (7, 0), "conditioning": (9, 0), "image_latents": (10, 0)}, (1100, 20), (300, 520)),  # room for the live preview
         (12, "EchoVideoVAEDecode", {"tiling": True, "tile_size": 0}, {"vae": (8, 0), "latent": (11, 0)},
-         (1100, 300), (280, 100)),
+         (1100, 580), (280, 100)),
         (15, "PreviewImage", {}, {"images": (4, 2)}, (780, 640), (260, 260)),
     ]
     frames_src = (12, 0)
     if kind == "upscale":
-        g += [(16, "UpscaleModelLoader", {"model_name": names["upscale"]}, {}, (1100, 460), (300, 60)),
-              (17, "ImageUpscaleWithModel", {}, {"upscale_model": (16, 0), "image": (12, 0)}, (1420, 300),
+        g += [(16, "UpscaleModelLoader", {"model_name": names["upscale"]}, {}, (1100, 720), (300, 60)),
+              (17, "ImageUpscaleWithModel", {}, {"upscale_model": (16, 0), "image": (12, 0)}, (1420, 580),
                (240, 50))]
         frames_src = (17, 0)
     g += [(13, "CreateVideo", {"fps": 16.0}, {"images": frames_src}, (1700 if kind == "upscale" else 1420, 20),
@@ -115,7 +116,7 @@ def ui_workflow(kind, title, oi):
             if is_widget(spec):
                 values.append(widgets[name] if name in widgets else opts.get("default"))
                 if opts.get("control_after_generate"):
-                    values.append("fixed")
+                    values.append("randomize")  # the first run keeps the seed shown; then new takes
                 if opts.get("image_upload"):
                     values.append("image")
                 continue
