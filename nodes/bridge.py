@@ -282,14 +282,42 @@ def may_load_partially(patcher) -> bool:
     return has_cast_layers(patcher) and getattr(unwrap(patcher), "compiled_with", None) is None
 
 
+def fits_fully(patcher, memory_required: int = 0) -> bool:
+    """Whether a model that cannot stream its weights (plain torch layers) can be loaded whole on its load
+    device: not under --novram, and its weights plus the work memory within the device's total memory."""
+    device = patcher.load_device
+    if device.type == "cpu":
+        return True
+    if mm.vram_state == mm.VRAMState.NO_VRAM:
+        return False
+    return patcher.model_size() + memory_required + mm.minimum_inference_memory() <= mm.get_total_memory(device)
+
+
+def run_on_offload_device_when_too_big(patcher, memory_required: int = 0) -> None:
+    """A plain-torch model (T5, SigLIP, VAE) that cannot fit whole on the GPU runs where it is offloaded,
+    instead of failing with out-of-memory at load (ComfyUI's own layers would stream; these cannot)."""
+    if has_cast_layers(patcher) or fits_fully(patcher, memory_required):
+        return
+    device, name = patcher.load_device, type(unwrap(patcher)).__name__
+    why = ("ComfyUI runs with --novram" if mm.vram_state == mm.VRAMState.NO_VRAM else
+           f"{patcher.model_size() / 2 ** 30:.1f} GiB of weights + {memory_required / 2 ** 30:.1f} GiB of work "
+           f"memory exceed the {mm.get_total_memory(device) / 2 ** 30:.1f} GiB of {device}")
+    patcher.load_device = patcher.offload_device
+    log.warning("EchoVideo: %s runs on %s (slower): %s, and its layers cannot stream to the GPU.%s", name,
+                patcher.offload_device, why,
+                " For the text encoder, the core Load CLIP node's T5-XXL streams instead." if "T5" in name else "")
+
+
 def load_gpu(patchers, memory_required: int = 0) -> None:
     """Load patchers to their load device (offloading other models as needed), fully unless
-    may_load_partially."""
+    may_load_partially; a plain-torch model too big for the GPU runs on its offload device instead."""
     if not isinstance(patchers, (list, tuple)):
         patchers = [patchers]
     partial, full = [], []
     for p in patchers:
         (partial if may_load_partially(p) else full).append(p)
+    for p in full:
+        run_on_offload_device_when_too_big(p, memory_required)
     if full:
         mm.load_models_gpu(full, memory_required=memory_required, force_full_load=True)
     if partial:
