@@ -1,4 +1,8 @@
 """Error types with messages that name the input and the fix."""
+import torch
+
+# torch.OutOfMemoryError is torch 2.5+; before it, CUDA's out-of-memory error was torch.cuda.OutOfMemoryError
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 
 
 class EchoVideoInputError(ValueError):

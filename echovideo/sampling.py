@@ -37,8 +37,9 @@ def compute_dtype_of(model) -> torch.dtype:
 
 
 def initial_noise(shape, generator: torch.Generator) -> torch.Tensor:
-    """The initial latents' noise: the seeded CPU generator's first draw (float32)."""
-    return torch.randn(shape, generator=generator, dtype=torch.float32)
+    """The initial latents' noise: the seeded generator's first draw (float32), on the generator's device
+    (the nodes and the CLI pass a CPU generator, so a seed gives the same video on any GPU)."""
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
 
 
 class DiTCaller:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import CheckpointError, check
+from .errors import OUT_OF_MEMORY, CheckpointError, check
 from .host_memory import large_blocks_unmapped_on_free
 from .video import check_video_size, latent_frames
 
@@ -256,7 +256,7 @@ def decode_to_images(vae, latents: torch.Tensor, tiling: bool = True, tile_size:
         video = None
         try:
             video = decode_raw(vae, latents, tiling, tile_size, progress)
-        except torch.OutOfMemoryError:
+        except OUT_OF_MEMORY:
             if tiling or not retry_tiled_on_oom:
                 raise
             log("EchoVideo VAE decode ran out of memory untiled; retrying with tiling")

@@ -1,8 +1,6 @@
 """EchoVideo Model Loader and EchoVideo VAE Loader."""
 from __future__ import annotations
 
-import torch
-
 from . import bridge
 from .bridge import io
 from .types import Model, ModelBundle, Vae, VaeBundle
@@ -22,7 +20,7 @@ def named_errors(node: str, path: str, what: str = "this model"):
 
     from safetensors import SafetensorError
 
-    from echovideo.errors import CheckpointError, EchoVideoInputError
+    from echovideo.errors import OUT_OF_MEMORY, CheckpointError, EchoVideoInputError
 
     name = os.path.basename(path.rstrip(os.sep))
 
@@ -34,7 +32,7 @@ def named_errors(node: str, path: str, what: str = "this model"):
             msg = str(e)
             raise type(e)(f"{node}: {msg if name in msg else name + ': ' + msg}") from None
         except (TypeError, KeyError, RuntimeError, ValueError, SafetensorError) as e:
-            if isinstance(e, torch.OutOfMemoryError):
+            if isinstance(e, OUT_OF_MEMORY):
                 raise
             raise ValueError(f"{node}: {name} could not be loaded as {what} ({type(e).__name__}: {e}); "
                              f"is it the right file, completely downloaded? -- {bridge.README_HINT}") from e
