@@ -112,6 +112,10 @@ def encode_with_t5(bundle: T5Bundle, prompt: str, max_length: int = text.MAX_LEN
     return text.encode_prompt(bridge.unwrap(bundle.patcher), bundle.tokenizer, prompt, max_length)
 
 
+ONE_ENCODER = ("EchoVideo Text Encode: connect exactly one text encoder: 'clip' (core Load CLIP with t5xxl) or "
+               "'t5' (EchoVideo T5 Loader).")
+
+
 class TextEncode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -127,20 +131,28 @@ class TextEncode(io.ComfyNode):
                                 tooltip="What the video shows: the person, the action, the scene, the camera."),
                 io.String.Input("negative", multiline=True, default="",
                                 tooltip="What to avoid. The reference pipeline uses an empty negative prompt."),
-                io.Clip.Input("clip", optional=True,
+                io.Clip.Input("clip", optional=True, lazy=True,
                               tooltip="Core 'Load CLIP' output with a T5-XXL file (type sd3 or mochi). Leave "
                                       "empty when using 't5'."),
-                T5Encoder.Input("t5", optional=True,
+                T5Encoder.Input("t5", optional=True, lazy=True,
                                 tooltip="EchoVideo T5 Loader output. Leave empty when using 'clip'."),
             ],
             outputs=[TextEmbeds.Output(display_name="text", tooltip="Positive and negative [1, 226, 4096] embeddings.")],
         )
 
     @classmethod
+    def check_lazy_status(cls, positive=None, negative=None, **encoders):
+        """Both encoder inputs are lazy: ComfyUI names the connected ones here before running their loaders, so
+        connecting both is refused before a T5 is loaded in vain; the connected one is then evaluated."""
+        connected = [name for name in ("clip", "t5") if name in encoders]
+        if len(connected) > 1:
+            raise ValueError(ONE_ENCODER)
+        return [name for name in connected if encoders[name] is None]
+
+    @classmethod
     def execute(cls, positive, negative, clip=None, t5=None) -> io.NodeOutput:
         if (clip is None) == (t5 is None):
-            raise ValueError("EchoVideo Text Encode: connect exactly one text encoder: 'clip' (core Load CLIP with "
-                             "t5xxl) or 't5' (EchoVideo T5 Loader).")
+            raise ValueError(ONE_ENCODER)
         if clip is not None:
             enc = functools.partial(encode_with_clip, clip)
         else:

@@ -1,6 +1,7 @@
-"""Cancel in a real, headless ComfyUI server (CPU), as the editor's Cancel button does it: POST /interrupt while
-the EchoVideo Sampler runs. The prompt must end as interrupted (not as an error) before its last step, and the
-next prompt must run on the same server and write its video."""
+"""A real, headless ComfyUI server (CPU) started by this module, followed on its websocket:
+- Cancel, as the editor's Cancel button does it: POST /interrupt while the EchoVideo Sampler runs. The prompt must
+  end as interrupted (not as an error) before its last step, and the next prompt must run and write its video.
+- Text Encode with both encoders connected is refused before either loader runs (lazy inputs)."""
 import asyncio
 import copy
 import json
@@ -157,3 +158,17 @@ def test_cancel_stops_the_sampler_and_the_next_prompt_runs(server):
     assert saved, f"no saved video in the history's outputs: {outputs}"
     path = server["root"] / "output" / saved[0].get("subfolder", "") / saved[0]["filename"]
     assert path.is_file() and path.stat().st_size > 0
+
+
+def test_text_encode_with_two_encoders_fails_before_either_loader_runs(server):
+    prompt = json.load(open(TWIN))
+    encode = node_id(prompt, "EchoVideoTextEncode")
+    t5_loader = node_id(prompt, "EchoVideoT5Loader")
+    prompt["90"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": make_tiny_models.NAMES["t5"], "type": "sd3"}}
+    prompt[encode]["inputs"]["clip"] = ["90", 0]
+    events, _, _ = asyncio.run(run_prompt(server["port"], prompt))
+    kind, data = events[-1]
+    assert kind == "execution_error" and data["node_id"] == encode, (kind, data)
+    assert "connect exactly one text encoder" in data["exception_message"]
+    started = {d.get("node") for k, d in events if k == "executing"}
+    assert not started & {t5_loader, "90"}, f"a loader ran before the refusal: {started}"
