@@ -34,12 +34,19 @@ def attention_bytes(config, tokens: int, batch: int, act_bytes: int = 2, materia
     return batch * tokens * config.inner_dim * act_bytes * 4
 
 
+# The step cache keeps the previous step's modulated video input and the last full evaluation's residual
+# (video and text), and a skipped step adds the residual to its input: about three streams of the batch.
+STEP_CACHE_STREAMS = 3
+
+
 def sampling_memory_bytes(config, latent_frame_count: int, latent_height: int, latent_width: int, batch: int,
-                          dtype: torch.dtype) -> int:
+                          dtype: torch.dtype, step_cache: bool = False) -> int:
     """Activation memory one DiT call needs beyond its weights (what the sampler asks ComfyUI to free):
-    one block's peak, as in the README's memory table."""
+    one block's peak, as in the README's memory table, plus the step cache's tensors when it is on."""
     tokens = dit_tokens(config, latent_frame_count, latent_height, latent_width)
-    return block_activation_bytes(config, tokens, batch, torch.empty((), dtype=dtype).element_size())
+    act_bytes = torch.empty((), dtype=dtype).element_size()
+    cache = STEP_CACHE_STREAMS * batch * tokens * config.inner_dim * act_bytes if step_cache else 0
+    return block_activation_bytes(config, tokens, batch, act_bytes) + cache
 
 
 # The decoder's conv cache carried between frame chunks is about 4,060 bytes per output pixel per activation

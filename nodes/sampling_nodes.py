@@ -143,8 +143,10 @@ class Sampler(io.ComfyNode):
         lat = image_latents.latents
         _, frames, _, h, w = lat.shape
         set_block_compile(dit, model.compile)  # before loading: a compiled DiT loads fully (checked by the node)
+        cache = getattr(model, "step_cache", None)
         bridge.load_gpu(model.patcher, memory_required=sampling_memory_bytes(
-            dit.config, frames, h, w, batch=2 if use_cfg else 1, dtype=model.compute_dtype))
+            dit.config, frames, h, w, batch=2 if use_cfg else 1, dtype=model.compute_dtype,
+            step_cache=cache is not None))
         progress = bridge.Progress(int(steps))
 
         def on_step(step, total, latents):
@@ -152,7 +154,6 @@ class Sampler(io.ComfyNode):
             bridge.check_interrupt()
 
         caller = None
-        cache = getattr(model, "step_cache", None)
         if cache is not None:
             from echovideo.step_cache import StepCache
 

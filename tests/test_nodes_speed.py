@@ -224,6 +224,14 @@ def test_sampler_asks_comfy_for_its_peak_memory(env, monkeypatch, cfg, batch):
     assert asked == [sampling_memory_bytes(model.config, frames, h, w, batch=batch, dtype=model.compute_dtype)]
     assert sampling_memory_bytes(model.config, frames, h, w, batch=2, dtype=model.compute_dtype) > \
         sampling_memory_bytes(model.config, frames, h, w, batch=1, dtype=model.compute_dtype)
+    asked.clear()  # with the Step Cache node, its tensors too
+    (cached,) = comfy_env.run_node(mods()[2].StepCacheNode, model=model, threshold=0.05, warmup_steps=2)
+    comfy_env.run_node(sn.Sampler, model=cached, conditioning=cond, image_latents=img, steps=1, cfg=cfg,
+                       dynamic_cfg=True, seed=5)
+    with_cache = sampling_memory_bytes(model.config, frames, h, w, batch=batch, dtype=model.compute_dtype,
+                                       step_cache=True)
+    assert asked == [with_cache] and with_cache > sampling_memory_bytes(model.config, frames, h, w, batch=batch,
+                                                                        dtype=model.compute_dtype)
 
 
 def test_dit_modules_all_support_partial_loading(env):
