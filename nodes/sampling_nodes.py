@@ -72,6 +72,7 @@ class FaceFrameEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, image, width, height, num_frames) -> io.NodeOutput:
+        from echovideo.memory import vae_encode_bytes
         from echovideo.vae import encode_face_frame
 
         problem = size_problem(width, height, num_frames)
@@ -81,7 +82,7 @@ class FaceFrameEncode(io.ComfyNode):
             raise ValueError(f"EchoVideo Face Frame Encode: image holds {image.shape[0]} images; the first latent "
                              "frame is one image: connect Face Encode's reference_image (or pick one image)")
         face = image_to_uint8(image)
-        bridge.load_gpu(vae.patcher)
+        bridge.load_gpu(vae.patcher, memory_required=vae_encode_bytes(int(height), int(width), vae.dtype.itemsize))
         latents = encode_face_frame(vae.vae, face, int(width), int(height), int(num_frames))
         return io.NodeOutput(ImageLatentsData(latents=latents.float().to(bridge.intermediate_device()),
                                               width=int(width), height=int(height), num_frames=int(num_frames)))
@@ -211,7 +212,7 @@ class VAEDecode(io.ComfyNode):
     def execute(cls, vae, latent, tiling=True, tile_size=0) -> io.NodeOutput:
         from echovideo.memory import vae_decode_bytes
         from echovideo.vae import decode_region, decode_to_images
-        from echovideo.video import SPATIAL_COMPRESSION
+        from echovideo.video import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, decoded_frame_count
 
         tile_problem = cls.validate_inputs(tile_size=tile_size)
         if tile_problem is not True:  # a linked tile_size is known only now
@@ -226,7 +227,9 @@ class VAEDecode(io.ComfyNode):
                                "decoding it as CogVideoX latents (another video model's latent decodes to noise)")
         height, width = (s * SPATIAL_COMPRESSION for s in samples.shape[3:])
         region = decode_region(vae.vae, height, width, bool(tiling), int(tile_size) or None)
-        bridge.load_gpu(vae.patcher, memory_required=vae_decode_bytes(*region, vae.dtype.itemsize))
+        frame_count = decoded_frame_count((samples.shape[2] - 1) * TEMPORAL_COMPRESSION + 1)
+        bridge.load_gpu(vae.patcher, memory_required=vae_decode_bytes(*region, vae.dtype.itemsize, frame_count,
+                                                                      height, width))
         progress = bridge.Progress(samples.shape[0], previews=False)
 
         def on_chunk(done, total):

@@ -135,7 +135,8 @@ def test_sampler_progress_and_interrupt(env, monkeypatch):
             comfy_env.run_node(sn.VAEDecode, vae=out["vae"], latent=long_latent, tiling=False, tile_size=0)
     finally:
         mm.interrupt_current_processing(False)
-    assert chunks == [1] and asked == [7000 * H * W * 4]  # untiled fp32: the whole frame
+    # untiled fp32: the whole frame as the region, and 17 decoded frames (5 latent frames)
+    assert chunks == [1] and asked == [20000 * H * W * 4 + 17 * 3 * H * W * (2 * 4 + 4)]
 
 
 def sample_until_cancelled(out, cfg=1.0):

@@ -1,0 +1,57 @@
+"""The VAE memory estimates the nodes ask ComfyUI for cover the peaks MetaPeak measures on the released VAE
+(meta device: no memory or compute), and MetaPeak itself counts what is alive at once."""
+import pytest
+import torch
+
+from echovideo.memory import MetaPeak, vae_decode_bytes, vae_encode_bytes
+from echovideo.vae import RELEASED_VAE_CONFIG, build_vae, configure_tiling, decode_raw, decode_region
+from echovideo.video import decoded_frame_count
+
+
+def test_meta_peak_counts_live_tensors_not_views_or_in_place_results():
+    meter = MetaPeak()
+    with meter:
+        a = torch.empty(1000, device="meta")  # 4000 bytes
+        b = a * 2  # 8000 alive
+        a.view(10, 100).add_(1)  # a view and an in-place op: nothing new
+        del a  # 4000
+        c = b + 1  # 8000 again
+        d = torch.cat([b, c])  # 16000 at the peak
+        del b, c, d
+    assert meter.peak == 16000 and meter.live == 0
+
+
+@pytest.fixture(scope="module")
+def released_vae():
+    return build_vae(RELEASED_VAE_CONFIG, device="meta")
+
+
+def measured_decode_peak(vae, height, width, latent_frames, tiling, tile_size=None):
+    z = torch.empty(1, latent_frames, RELEASED_VAE_CONFIG["latent_channels"], height // 8, width // 8, device="meta")
+    meter = MetaPeak()
+    with torch.no_grad(), meter:
+        with pytest.raises(NotImplementedError):  # the decode runs; only the final copy to the CPU cannot
+            decode_raw(vae, z, tiling=tiling, tile_size=tile_size)
+    return meter.peak
+
+
+@pytest.mark.parametrize("height,width,latent_frames,tiling,tile_size", [
+    (64, 96, 3, False, None), (64, 96, 7, False, None), (64, 96, 4, False, None), (128, 192, 7, True, 64)])
+def test_vae_decode_estimate_covers_the_measured_peak(released_vae, height, width, latent_frames, tiling, tile_size):
+    peak = measured_decode_peak(released_vae, height, width, latent_frames, tiling, tile_size)
+    region = decode_region(released_vae, height, width, tiling, tile_size)
+    frames = decoded_frame_count((latent_frames - 1) * 4 + 1)
+    estimate = vae_decode_bytes(*region, 4, frames, height, width)
+    print(f"decode {height}x{width}x{latent_frames} tiling={tiling}: peak {peak / 2 ** 20:.0f} MiB, "
+          f"estimate {estimate / 2 ** 20:.0f} MiB")
+    assert peak <= estimate <= 1.6 * peak
+
+
+def test_vae_encode_estimate_covers_the_measured_peak(released_vae):
+    x = torch.empty(1, 3, 1, 64, 96, device="meta")
+    configure_tiling(released_vae, False)  # as encode_face_frame: the whole frame
+    meter = MetaPeak()
+    with torch.no_grad(), meter:
+        released_vae.encode(x).latent_dist.mode()
+    estimate = vae_encode_bytes(64, 96, 4)
+    assert meter.peak <= estimate <= 1.3 * meter.peak
