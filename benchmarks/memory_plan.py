@@ -17,9 +17,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from echovideo.config import RELEASED_CONFIG  # noqa: E402
-from echovideo.memory import MetaPeak, attention_bytes, block_activation_bytes, video_tokens  # noqa: E402
+from echovideo.memory import attention_bytes, block_activation_bytes, measure_vae_decode_peak, video_tokens  # noqa: E402
 from echovideo.transformer import EchoVideoTransformer  # noqa: E402
-from echovideo.vae import RELEASED_VAE_CONFIG, build_vae, configure_tiling  # noqa: E402
+from echovideo.vae import RELEASED_VAE_CONFIG, build_vae  # noqa: E402
 
 RESOLUTIONS = [(480, 640, 49), (480, 848, 49), (480, 480, 49), (848, 480, 49), (640, 480, 49)]  # the published demo sizes
 STORAGE = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8_e4m3fn": 1, "fp8_e5m2": 1}
@@ -57,13 +57,7 @@ def vae_decode_peak_bytes(height, width, latent_frames=13, tiling=False, act_dty
     """Peak bytes of this project's whole decode (13 latent frames = 49 frames, the float32 copy of the video
     included), measured with MetaPeak on the released VAE: untiled, or in the default tiles."""
     vae = build_vae(RELEASED_VAE_CONFIG, device="meta").to(act_dtype)
-    configure_tiling(vae, tiling)
-    z = torch.empty(1, RELEASED_VAE_CONFIG["latent_channels"], latent_frames, height // 8, width // 8,
-                    device="meta", dtype=act_dtype)
-    meter = MetaPeak()
-    with torch.no_grad(), meter:
-        vae.decode(z).sample.float()
-    return meter.peak
+    return measure_vae_decode_peak(vae, height, width, latent_frames, tiling)
 
 
 def main(argv=None):

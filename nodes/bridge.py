@@ -258,11 +258,43 @@ class ModuleHolder(torch.nn.Module):
 
 
 def wrap(module: torch.nn.Module, kind: str = "unet", size: int = 0):
-    """ModelPatcher so ComfyUI's model management loads/offloads the module (unwrap() gives it back)."""
+    """ModelPatcher so ComfyUI's model management loads/offloads the module (unwrap() gives it back). A
+    plain-torch model whose weights cannot fit whole on the GPU is set to run on its offload device."""
     if isinstance(getattr(type(module), "device", None), property):
         module = ModuleHolder(module)
-    return comfy.model_patcher.ModelPatcher(module, load_device=load_device(kind),
-                                            offload_device=offload_device(kind), size=size)
+    patcher = comfy.model_patcher.ModelPatcher(module, load_device=load_device(kind),
+                                               offload_device=offload_device(kind), size=size)
+    if not has_cast_layers(patcher) and not weights_fit(patcher):
+        run_on_offload_device(patcher)
+    return patcher
+
+
+def weights_fit(patcher) -> bool:
+    """Whether a plain-torch model's weights fit whole on its load device beside ComfyUI's minimum work memory
+    (never under --novram). The CPU, --gpu-only (offload device = load device) and DirectML (which reports no
+    real memory size) count as fitting."""
+    device = patcher.load_device
+    if device.type == "cpu" or device == patcher.offload_device or mm.directml_enabled:
+        return True
+    if mm.vram_state == mm.VRAMState.NO_VRAM:
+        return False
+    return patcher.model_size() + mm.minimum_inference_memory() <= mm.get_total_memory(device)
+
+
+def run_on_offload_device(patcher) -> None:
+    """Set before any load, so the model never goes to the GPU: ComfyUI's own layers would stream their
+    weights there, these (T5, SigLIP, VAE) cannot, and loading them whole would run out of memory."""
+    device, model = patcher.load_device, unwrap(patcher)
+    name = type(model).__name__
+    dtype = next((p.dtype for p in model.parameters()), None)
+    why = ("ComfyUI runs with --novram" if mm.vram_state == mm.VRAMState.NO_VRAM else
+           f"its {patcher.model_size() / 2 ** 30:.1f} GiB of weights and ComfyUI's "
+           f"{mm.minimum_inference_memory() / 2 ** 30:.1f} GiB work reserve exceed the "
+           f"{mm.get_total_memory(device) / 2 ** 30:.1f} GiB of {device}")
+    patcher.load_device = patcher.offload_device
+    log.warning("EchoVideo: %s runs on %s in %s (slower): %s, and its layers cannot stream to the GPU.%s", name,
+                patcher.offload_device, str(dtype).replace("torch.", ""), why,
+                " The core Load CLIP node's T5-XXL streams instead." if "T5" in name else "")
 
 
 def unwrap(patcher) -> torch.nn.Module:
@@ -282,42 +314,14 @@ def may_load_partially(patcher) -> bool:
     return has_cast_layers(patcher) and getattr(unwrap(patcher), "compiled_with", None) is None
 
 
-def fits_fully(patcher, memory_required: int = 0) -> bool:
-    """Whether a model that cannot stream its weights (plain torch layers) can be loaded whole on its load
-    device: not under --novram, and its weights plus the work memory within the device's total memory."""
-    device = patcher.load_device
-    if device.type == "cpu":
-        return True
-    if mm.vram_state == mm.VRAMState.NO_VRAM:
-        return False
-    return patcher.model_size() + memory_required + mm.minimum_inference_memory() <= mm.get_total_memory(device)
-
-
-def run_on_offload_device_when_too_big(patcher, memory_required: int = 0) -> None:
-    """A plain-torch model (T5, SigLIP, VAE) that cannot fit whole on the GPU runs where it is offloaded,
-    instead of failing with out-of-memory at load (ComfyUI's own layers would stream; these cannot)."""
-    if has_cast_layers(patcher) or fits_fully(patcher, memory_required):
-        return
-    device, name = patcher.load_device, type(unwrap(patcher)).__name__
-    why = ("ComfyUI runs with --novram" if mm.vram_state == mm.VRAMState.NO_VRAM else
-           f"{patcher.model_size() / 2 ** 30:.1f} GiB of weights + {memory_required / 2 ** 30:.1f} GiB of work "
-           f"memory exceed the {mm.get_total_memory(device) / 2 ** 30:.1f} GiB of {device}")
-    patcher.load_device = patcher.offload_device
-    log.warning("EchoVideo: %s runs on %s (slower): %s, and its layers cannot stream to the GPU.%s", name,
-                patcher.offload_device, why,
-                " For the text encoder, the core Load CLIP node's T5-XXL streams instead." if "T5" in name else "")
-
-
 def load_gpu(patchers, memory_required: int = 0) -> None:
     """Load patchers to their load device (offloading other models as needed), fully unless
-    may_load_partially; a plain-torch model too big for the GPU runs on its offload device instead."""
+    may_load_partially."""
     if not isinstance(patchers, (list, tuple)):
         patchers = [patchers]
     partial, full = [], []
     for p in patchers:
         (partial if may_load_partially(p) else full).append(p)
-    for p in full:
-        run_on_offload_device_when_too_big(p, memory_required)
     if full:
         mm.load_models_gpu(full, memory_required=memory_required, force_full_load=True)
     if partial:

@@ -61,9 +61,9 @@ class CompileSettingsNode(io.ComfyNode):
                                tooltip="inductor: generated kernels (fastest; needs Triton on GPU, a C++ compiler "
                                        "on CPU). aot_eager / eager: no code generation (for checking, little gain)."),
                 io.Combo.Input("mode", options=MODES, default="default",
-                               tooltip="torch.compile mode. reduce-overhead asks for CUDA graphs, which torch "
-                                       "may skip here (the blocks update their input in place; not measured on a "
-                                       "GPU); max-autotune-no-cudagraphs tunes kernels (much longer first compile)."),
+                               tooltip="torch.compile mode. reduce-overhead asks for CUDA graphs (more memory; "
+                                       "torch may decline them for blocks that update their input in place); "
+                                       "max-autotune-no-cudagraphs tunes kernels (much longer first compile)."),
                 io.Boolean.Input("dynamic", default=False,
                                  tooltip="On: compile shape-generic kernels up front. Off: torch's default "
                                          "(specialize to the first size, go dynamic after a size change)."),

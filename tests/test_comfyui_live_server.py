@@ -55,21 +55,21 @@ def server(tmp_path_factory):
     with open(os.path.join(comfy_env.COMFYUI_DIR, "comfy", "cli_args.py")) as f:
         if "--base-directory" not in f.read():
             pytest.skip("this ComfyUI predates --base-directory (2025); update COMFYUI_DIR's checkout")
-    root = tmp_path_factory.mktemp("comfyui_cancel")
+    root = tmp_path_factory.mktemp("comfyui_live")
     models = root / "models"
     make_tiny_models.write_tiny_models(models)
     make_tiny_models.write_example_photo(root / "input")
     yaml_path = make_tiny_models.write_extra_yaml(models)
     (root / "custom_nodes").mkdir()
     os.symlink(comfy_env.REPO, root / "custom_nodes" / "ComfyUI-EchoVideo")
-    port = free_port()
+    port = free_port()  # a free port now; if another process takes it first, ComfyUI exits and the log says so
     log_path = root / "comfyui.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                             "--disable-auto-launch", "--base-directory", str(root),
-                             "--extra-model-paths-config", yaml_path],
-                            cwd=comfy_env.COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                                 "--disable-auto-launch", "--base-directory", str(root),
+                                 "--extra-model-paths-config", yaml_path],
+                                cwd=comfy_env.COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 300
         while True:
@@ -90,16 +90,16 @@ def server(tmp_path_factory):
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.close()
+            proc.wait(30)
 
 
-async def run_prompt(port, prompt, cancel_at_sampler_step=None, timeout=600):
+async def run_prompt(server, prompt, cancel_at_sampler_step=None, timeout=600):
     """Queues `prompt` and follows it on the websocket until it ends. With cancel_at_sampler_step, POSTs
     /interrupt once the Sampler reports that step. Returns (events as (type, data), sampler progress values)."""
     import aiohttp
 
     client_id = uuid.uuid4().hex
-    base = f"http://127.0.0.1:{port}"
+    port, base = server["port"], server["base"]
     sampler = node_id(prompt, "EchoVideoSampler")
     events, progress = [], []
     async with aiohttp.ClientSession() as session:
@@ -111,7 +111,14 @@ async def run_prompt(port, prompt, cancel_at_sampler_step=None, timeout=600):
             cancelled = False
             deadline = time.time() + timeout
             while time.time() < deadline:
-                msg = await ws.receive(timeout=deadline - time.time())
+                try:
+                    msg = await ws.receive(timeout=deadline - time.time())
+                except asyncio.TimeoutError:
+                    break
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
+                                aiohttp.WSMsgType.ERROR):
+                    pytest.fail(f"the websocket closed ({msg.type}); server exit code {server['proc'].poll()}; "
+                                f"last events: {events[-5:]}\n{server['log'].read_text()[-3000:]}")
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue  # binary frames are previews
                 event = json.loads(msg.data)
@@ -136,7 +143,7 @@ def test_cancel_stops_the_sampler_and_the_next_prompt_runs(server):
     long_prompt[node_id(long_prompt, "EchoVideoFaceFrameEncode")]["inputs"].update(LONG_SIZE)
     long_prompt[node_id(long_prompt, "EchoVideoSampler")]["inputs"]["steps"] = SAMPLER_STEPS
 
-    events, progress, _ = asyncio.run(run_prompt(server["port"], long_prompt, cancel_at_sampler_step=2))
+    events, progress, _ = asyncio.run(run_prompt(server, long_prompt, cancel_at_sampler_step=2))
     log = server["log"].read_text()
     kind, data = events[-1]
     assert kind == "execution_interrupted", f"ended with {kind}: {data}\n{log[-3000:]}"
@@ -148,7 +155,7 @@ def test_cancel_stops_the_sampler_and_the_next_prompt_runs(server):
     good = copy.deepcopy(base_prompt)
     good[node_id(good, "EchoVideoSampler")]["inputs"]["seed"] = 11
     good[node_id(good, "SaveVideo")]["inputs"]["filename_prefix"] = "video/echovideo_after_cancel"
-    events, progress, prompt_id = asyncio.run(run_prompt(server["port"], good))
+    events, progress, prompt_id = asyncio.run(run_prompt(server, good))
     kind, data = events[-1]
     assert kind == "execution_success", f"ended with {kind}: {data}\n{server['log'].read_text()[-3000:]}"
     assert progress[-1] == good[node_id(good, "EchoVideoSampler")]["inputs"]["steps"]
@@ -164,9 +171,10 @@ def test_text_encode_with_two_encoders_fails_before_either_loader_runs(server):
     prompt = json.load(open(TWIN))
     encode = node_id(prompt, "EchoVideoTextEncode")
     t5_loader = node_id(prompt, "EchoVideoT5Loader")
+    prompt[t5_loader]["inputs"]["precision"] = "fp32"  # not the earlier prompts' (cached) loader output
     prompt["90"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": make_tiny_models.NAMES["t5"], "type": "sd3"}}
     prompt[encode]["inputs"]["clip"] = ["90", 0]
-    events, _, _ = asyncio.run(run_prompt(server["port"], prompt))
+    events, _, _ = asyncio.run(run_prompt(server, prompt))
     kind, data = events[-1]
     assert kind == "execution_error" and data["node_id"] == encode, (kind, data)
     assert "connect exactly one text encoder" in data["exception_message"]

@@ -4,8 +4,8 @@ is alive at once."""
 import pytest
 import torch
 
-from echovideo.memory import MetaPeak, vae_decode_bytes, vae_encode_bytes
-from echovideo.vae import RELEASED_VAE_CONFIG, build_vae, configure_tiling, decode_raw, decode_region
+from echovideo.memory import MetaPeak, measure_vae_decode_peak, vae_decode_bytes, vae_encode_bytes
+from echovideo.vae import RELEASED_VAE_CONFIG, build_vae, configure_tiling, decode_region
 from echovideo.video import decoded_frame_count
 
 
@@ -27,19 +27,10 @@ def released_vae():
     return build_vae(RELEASED_VAE_CONFIG, device="meta")
 
 
-def measured_decode_peak(vae, height, width, latent_frames, tiling, tile_size=None):
-    z = torch.empty(1, latent_frames, RELEASED_VAE_CONFIG["latent_channels"], height // 8, width // 8, device="meta")
-    meter = MetaPeak()
-    with torch.no_grad(), meter:
-        with pytest.raises(NotImplementedError):  # the decode runs; only the final copy to the CPU cannot
-            decode_raw(vae, z, tiling=tiling, tile_size=tile_size)
-    return meter.peak
-
-
 @pytest.mark.parametrize("height,width,latent_frames,tiling,tile_size", [
     (64, 96, 3, False, None), (64, 96, 7, False, None), (64, 96, 4, False, None), (128, 192, 7, True, 64)])
 def test_vae_decode_estimate_covers_the_measured_peak(released_vae, height, width, latent_frames, tiling, tile_size):
-    peak = measured_decode_peak(released_vae, height, width, latent_frames, tiling, tile_size)
+    peak = measure_vae_decode_peak(released_vae, height, width, latent_frames, tiling, tile_size)
     region = decode_region(released_vae, height, width, tiling, tile_size)
     frames = decoded_frame_count((latent_frames - 1) * 4 + 1)
     estimate = vae_decode_bytes(*region, 4, frames, height, width)
