@@ -5,11 +5,16 @@ SPATIAL_COMPRESSION = 8
 TEMPORAL_COMPRESSION = 4
 
 
-def decoded_frame_count(num_frames: int) -> int:
-    """Frames the VAE returns for a 4k+1-frame request: it decodes latent frames in pairs (the first three
-    together when their count is odd), so an even latent count gives 4 frames per latent, not 4k+1."""
-    n = latent_frames(num_frames)
+def frames_decoded_from(latent_frame_count: int) -> int:
+    """Frames the VAE returns for this many latent frames: it decodes them in pairs (the first three together
+    when their count is odd), so an even count gives 4 frames per latent, not 4k+1."""
+    n = latent_frame_count
     return 4 * n if n % 2 == 0 else 4 * (n - 1) + 1
+
+
+def decoded_frame_count(num_frames: int) -> int:
+    """Frames the VAE returns for a 4k+1-frame request."""
+    return frames_decoded_from(latent_frames(num_frames))
 
 
 def _size_rules(width, height, num_frames, exact_frames):

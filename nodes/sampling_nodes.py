@@ -212,7 +212,7 @@ class VAEDecode(io.ComfyNode):
     def execute(cls, vae, latent, tiling=True, tile_size=0) -> io.NodeOutput:
         from echovideo.memory import vae_decode_bytes
         from echovideo.vae import decode_region, decode_to_images
-        from echovideo.video import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, decoded_frame_count
+        from echovideo.video import SPATIAL_COMPRESSION, frames_decoded_from
 
         tile_problem = cls.validate_inputs(tile_size=tile_size)
         if tile_problem is not True:  # a linked tile_size is known only now
@@ -227,9 +227,8 @@ class VAEDecode(io.ComfyNode):
                                "decoding it as CogVideoX latents (another video model's latent decodes to noise)")
         height, width = (s * SPATIAL_COMPRESSION for s in samples.shape[3:])
         region = decode_region(vae.vae, height, width, bool(tiling), int(tile_size) or None)
-        frame_count = decoded_frame_count((samples.shape[2] - 1) * TEMPORAL_COMPRESSION + 1)
-        bridge.load_gpu(vae.patcher, memory_required=vae_decode_bytes(*region, vae.dtype.itemsize, frame_count,
-                                                                      height, width))
+        bridge.load_gpu(vae.patcher, memory_required=vae_decode_bytes(
+            *region, vae.dtype.itemsize, frames_decoded_from(samples.shape[2]), height, width))
         progress = bridge.Progress(samples.shape[0], previews=False)
 
         def on_chunk(done, total):

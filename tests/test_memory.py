@@ -6,7 +6,7 @@ import torch
 
 from echovideo.memory import MetaPeak, measure_vae_decode_peak, vae_decode_bytes, vae_encode_bytes
 from echovideo.vae import RELEASED_VAE_CONFIG, build_vae, configure_tiling, decode_region
-from echovideo.video import decoded_frame_count
+from echovideo.video import frames_decoded_from
 
 
 def test_meta_peak_counts_live_tensors_not_views_or_in_place_results():
@@ -32,7 +32,7 @@ def released_vae():
 def test_vae_decode_estimate_covers_the_measured_peak(released_vae, height, width, latent_frames, tiling, tile_size):
     peak = measure_vae_decode_peak(released_vae, height, width, latent_frames, tiling, tile_size)
     region = decode_region(released_vae, height, width, tiling, tile_size)
-    frames = decoded_frame_count((latent_frames - 1) * 4 + 1)
+    frames = frames_decoded_from(latent_frames)
     estimate = vae_decode_bytes(*region, 4, frames, height, width)
     print(f"decode {height}x{width}x{latent_frames} tiling={tiling}: peak {peak / 2 ** 20:.0f} MiB, "
           f"estimate {estimate / 2 ** 20:.0f} MiB")
