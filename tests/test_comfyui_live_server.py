@@ -36,6 +36,18 @@ def get_json(base, path):
         return json.loads(r.read())
 
 
+def history_of(base, prompt_id, timeout=30):
+    """The prompt's history entry. The server sends execution_success before it files the prompt in its
+    history, so the entry can lag the websocket event by a moment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        entry = get_json(base, f"/history/{prompt_id}").get(prompt_id)
+        if entry is not None:
+            return entry
+        assert time.monotonic() < deadline, f"prompt {prompt_id} not in the server's history after {timeout} s"
+        time.sleep(0.1)
+
+
 def post_json(base, path, body):
     req = urllib.request.Request(base + path, data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
@@ -159,7 +171,7 @@ def test_cancel_stops_the_sampler_and_the_next_prompt_runs(server):
     kind, data = events[-1]
     assert kind == "execution_success", f"ended with {kind}: {data}\n{server['log'].read_text()[-3000:]}"
     assert progress[-1] == good[node_id(good, "EchoVideoSampler")]["inputs"]["steps"]
-    outputs = get_json(server["base"], f"/history/{prompt_id}")[prompt_id]["outputs"]
+    outputs = history_of(server["base"], prompt_id)["outputs"]
     saved = [f for out in outputs.values() for key in ("images", "animated", "videos") for f in out.get(key, [])
              if isinstance(f, dict) and "echovideo_after_cancel" in f.get("filename", "")]
     assert saved, f"no saved video in the history's outputs: {outputs}"
