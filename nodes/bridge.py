@@ -91,11 +91,47 @@ def model_entries(name: str, marker: str = "config.json") -> List[str]:
     return dirs + [f for f in file_list(name) if not f.replace(os.sep, "/").startswith(inside)]
 
 
+PACK_MODEL_FOLDERS = (("diffusion_models", "the EchoVideo transformer"), ("vae", "the CogVideoX VAE"),
+                      ("text_encoders", "T5-XXL"), ("clip_vision", "SigLIP"))
+
+
+def face_model_dirs():
+    """(the first insightface folder holding models/antelopev2's two files, the first facexlib folder holding
+    both .pth files), each None when no folder has them."""
+    from echovideo.face import BISENET_FILE, DETECTOR_FILE, RECOGNIZER_FILE, RETINAFACE_FILE
+
+    root = next((r for r in folders("insightface")
+                 if all(os.path.isfile(os.path.join(r, "models", "antelopev2", f))
+                        for f in (DETECTOR_FILE, RECOGNIZER_FILE))), None)
+    fdir = next((d for d in folders("facexlib")
+                 if all(os.path.isfile(os.path.join(d, f)) for f in (RETINAFACE_FILE, BISENET_FILE))), None)
+    return root, fdir
+
+
+def missing_pack_models(exclude: Iterable[str] = ()) -> List[str]:
+    """The pack's models with nothing at all in their folders (folder names in `exclude` are skipped), so that
+    one error can name everything a fresh install still lacks, not one loader at a time."""
+    exclude = set(exclude)
+    missing = [f"{what} (models/{name})" for name, what in PACK_MODEL_FOLDERS
+               if name not in exclude and not model_entries(name)]
+    root, fdir = face_model_dirs()
+    if root is None and "insightface" not in exclude:
+        missing.append("insightface antelopev2 (models/insightface/models/antelopev2)")
+    if fdir is None and "facexlib" not in exclude:
+        missing.append("facexlib RetinaFace + BiSeNet (models/facexlib)")
+    return missing
+
+
+def also_missing(exclude: Iterable[str] = ()) -> str:
+    missing = missing_pack_models(exclude)
+    return f" Also missing, for the other EchoVideo loaders: {'; '.join(missing)}." if missing else ""
+
+
 def _not_found(name: str, what: str) -> FileNotFoundError:
     searched = folders(what) or [f"(no '{what}' folder registered)"]
     return FileNotFoundError(
         f"EchoVideo: model '{name}' not found in the '{what}' folders; searched: {', '.join(searched)}. "
-        f"Put the file there (or add a path in extra_model_paths.yaml) -- {README_HINT}.")
+        f"Put the file there (or add a path in extra_model_paths.yaml) -- {README_HINT}.{also_missing([what])}")
 
 
 def resolve(what: str, name: str) -> str:

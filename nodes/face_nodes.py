@@ -24,21 +24,18 @@ def find_face_model_paths():
     folder holding both .pth files; a clear error naming every folder searched otherwise."""
     from echovideo.face import BISENET_FILE, DETECTOR_FILE, RECOGNIZER_FILE, RETINAFACE_FILE, FaceModelPaths
 
-    ins = bridge.folders("insightface")
-    fx = bridge.folders("facexlib")
-    root = next((r for r in ins if os.path.isfile(os.path.join(r, "models", "antelopev2", DETECTOR_FILE))
-                 and os.path.isfile(os.path.join(r, "models", "antelopev2", RECOGNIZER_FILE))), None)
-    fdir = next((d for d in fx if os.path.isfile(os.path.join(d, RETINAFACE_FILE))
-                 and os.path.isfile(os.path.join(d, BISENET_FILE))), None)
+    root, fdir = bridge.face_model_dirs()
+    problems = []
     if root is None:
-        raise FileNotFoundError(
-            f"EchoVideo: insightface antelopev2 ({DETECTOR_FILE}, {RECOGNIZER_FILE}) not found; searched "
-            f"<folder>/models/antelopev2/ for the 'insightface' folders: {', '.join(ins) or '(none)'} -- "
-            f"{bridge.README_HINT}.")
+        problems.append(f"insightface antelopev2 ({DETECTOR_FILE}, {RECOGNIZER_FILE}) not found; searched "
+                        f"<folder>/models/antelopev2/ for the 'insightface' folders: "
+                        f"{', '.join(bridge.folders('insightface')) or '(none)'}")
     if fdir is None:
-        raise FileNotFoundError(
-            f"EchoVideo: facexlib files ({RETINAFACE_FILE}, {BISENET_FILE}) not found; searched the 'facexlib' "
-            f"folders: {', '.join(fx) or '(none)'} -- {bridge.README_HINT}.")
+        problems.append(f"facexlib files ({RETINAFACE_FILE}, {BISENET_FILE}) not found; searched the 'facexlib' "
+                        f"folders: {', '.join(bridge.folders('facexlib')) or '(none)'}")
+    if problems:
+        raise FileNotFoundError(f"EchoVideo: {'; '.join(problems)} -- {bridge.README_HINT}."
+                                f"{bridge.also_missing(['insightface', 'facexlib'])}")
     return FaceModelPaths(insightface_root=root, facexlib_dir=fdir)
 
 

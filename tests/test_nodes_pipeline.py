@@ -423,6 +423,39 @@ def test_face_models_missing_is_clear(env, monkeypatch, tmp_path):
         comfy_env.run_node(fn.FaceEncoderLoader, siglip_name="siglip_tiny.safetensors", face_device="cpu")
 
 
+def test_a_fresh_install_hears_of_every_missing_model_at_once(env, monkeypatch, tmp_path):
+    import folder_paths
+
+    fn = comfy_env.pack_module("nodes.face_nodes")
+    mn = comfy_env.pack_module("nodes.model_nodes")
+    # every model present (the env fixture): a wrong name says only that
+    with pytest.raises(FileNotFoundError) as e:
+        comfy_env.run_node(mn.ModelLoader, model_name="missing.safetensors")
+    assert "Also missing" not in str(e.value)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for name in ("diffusion_models", "vae", "text_encoders", "clip_vision", "insightface", "facexlib"):
+        monkeypatch.setitem(folder_paths.folder_names_and_paths, name, ([str(empty)], {".safetensors", ".pth"}))
+        folder_paths.filename_list_cache.pop(name, None)
+    with pytest.raises(FileNotFoundError) as e:
+        comfy_env.run_node(mn.ModelLoader, model_name="(no model in models/diffusion_models)")
+    msg = str(e.value)
+    assert msg.startswith("EchoVideo: model '(none selected)' not found in the 'diffusion_models' folders")
+    assert "Also missing" in msg, msg
+    also = msg.split("Also missing", 1)[1]
+    for needed in ("models/vae", "models/text_encoders", "models/clip_vision", "models/insightface/models/antelopev2",
+                   "models/facexlib"):
+        assert needed in also, (needed, msg)
+    assert "diffusion_models" not in also  # the loader's own folder is named once, in front
+    with pytest.raises(FileNotFoundError) as e:
+        comfy_env.run_node(fn.FaceEncoderLoader, siglip_name="(no SigLIP in models/clip_vision)", face_device="cpu")
+    msg = str(e.value)
+    assert "Also missing" in msg, msg
+    assert "antelopev2" in msg.split("Also missing")[0] and "facexlib files" in msg.split("Also missing")[0]
+    also = msg.split("Also missing", 1)[1]
+    assert "models/diffusion_models" in also and "models/clip_vision" in also and "insightface" not in also
+
+
 def test_text_width_mismatch_is_clear(env):
     from types import SimpleNamespace
 
