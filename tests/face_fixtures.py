@@ -153,8 +153,12 @@ def retinaface_state_dict(finds_faces: bool = False) -> dict:
     import torch
     from facexlib.detection.retinaface import RetinaFace
 
+    import warnings
+
     torch.manual_seed(0)
-    net = RetinaFace(network_name="resnet50", half=False, device="cpu")
+    with warnings.catch_warnings():  # facexlib passes torchvision's deprecated pretrained=False
+        warnings.simplefilter("ignore", UserWarning)
+        net = RetinaFace(network_name="resnet50", half=False, device="cpu")
     tmpl = (TEMPLATE_512 - [256.0, 256.0]) / 512.0 / 0.1  # landmark = prior + pred * 0.1 * prior_size
     with torch.no_grad():
         for head in list(net.ClassHead) + list(net.BboxHead) + list(net.LandmarkHead):
