@@ -1,8 +1,6 @@
 """EchoVideo Face Encoder Loader, EchoVideo Face Encode, EchoVideo IITF Fusion."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 

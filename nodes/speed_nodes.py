@@ -14,7 +14,6 @@ import torch
 
 from echovideo.step_cache import DEFAULT_THRESHOLD, DEFAULT_WARMUP_STEPS
 
-from . import bridge
 from .bridge import io
 from .types import CompileSettingsData, Model, StepCacheSettings
 
