@@ -56,7 +56,7 @@ def vae_chunk_cache_bytes(height, width, act_bytes=2):
 def vae_decode_peak_bytes(height, width, latent_frames=13, tiling=False, act_dtype=torch.bfloat16):
     """Peak bytes of this project's whole decode (13 latent frames = 49 frames, the float32 copy of the video
     included), measured with MetaPeak on the released VAE: untiled, or in the default tiles."""
-    vae = build_vae(RELEASED_VAE_CONFIG, device="meta").to(act_dtype)
+    vae = build_vae(RELEASED_VAE_CONFIG, dtype=act_dtype, device="meta")
     return measure_vae_decode_peak(vae, height, width, latent_frames, tiling)
 
 

@@ -95,8 +95,9 @@ def conv3d_through_onednn_on_cpu(vae) -> int:
 
 
 def _move(vae, device, dtype):
-    vae = vae.to(device)
-    return vae if dtype == torch.float32 else vae.to(dtype)
+    # torch's Module.to: diffusers' ModelMixin.to logs a "should be kept in float32: []" warning on every
+    # dtype cast, even for this VAE, which keeps no module in float32
+    return torch.nn.Module.to(vae, device=device, dtype=dtype)
 
 
 def load_vae(path: str, dtype=torch.float32, device="cpu"):
