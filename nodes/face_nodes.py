@@ -60,14 +60,16 @@ class FaceEncoderLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, siglip_name, face_device="auto") -> io.NodeOutput:
-        from echovideo.face import load_face_models
+        from echovideo.face import load_face_models, release_face_models
         from echovideo.siglip import load_siglip
 
         from .model_nodes import named_errors, resolve_entry
 
         paths = find_face_model_paths()
         device = "cpu" if face_device == "cpu" else str(bridge.torch_device())
-        load_face_models(paths, device)  # fail early on broken files; cached by the face pipeline
+        models = load_face_models(paths, device)  # fail early on broken files; cached by the face pipeline
+        if device != "cpu":  # VRAM outside ComfyUI's accounting: Face Encode loads them again when it runs
+            release_face_models(models)
         spath = resolve_entry("clip_vision", siglip_name if siglip_name != NO_SIGLIP else "")
         dtype = bridge.compute_dtype(bridge.load_device("text"))
         with named_errors("EchoVideo Face Encoder Loader", spath, "a SigLIP vision model"):

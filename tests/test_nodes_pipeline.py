@@ -414,6 +414,23 @@ def test_face_encode_options(env):
                            whole_image=False, average_embeddings=False)
 
 
+def test_face_encoder_loader_frees_the_face_models_it_checked_on_the_gpu(env, monkeypatch):
+    """The loader's early check of the face files must not leave them in VRAM that ComfyUI does not count
+    (with face_device auto, Face Encode loads them onto the GPU when it runs and frees them after)."""
+    import echovideo.face as face
+
+    fn = comfy_env.pack_module("nodes.face_nodes")
+    calls = []
+    monkeypatch.setattr(face, "load_face_models", lambda paths, device: calls.append(("load", device)) or "models")
+    monkeypatch.setattr(face, "release_face_models", lambda models=None: calls.append(("release", models)))
+    monkeypatch.setattr(fn.bridge, "torch_device", lambda: torch.device("cuda", 0))
+    comfy_env.run_node(fn.FaceEncoderLoader, siglip_name="siglip_tiny.safetensors", face_device="auto")
+    assert calls == [("load", "cuda:0"), ("release", "models")]
+    calls.clear()
+    comfy_env.run_node(fn.FaceEncoderLoader, siglip_name="siglip_tiny.safetensors", face_device="cpu")
+    assert calls == [("load", "cpu")]  # kept loaded on the CPU, as the widget says
+
+
 def test_face_models_missing_is_clear(env, monkeypatch, tmp_path):
     import folder_paths
 
