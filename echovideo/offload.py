@@ -3,7 +3,31 @@ device only while they run. (Inside ComfyUI, its own partial loading does this.)
 import torch
 
 
+def _tensor_slots(block):
+    """(dict, name) of every parameter and buffer of the block, where the module keeps it."""
+    return [(store, name) for m in block.modules() for store in (m._parameters, m._buffers)
+            for name, t in store.items() if t is not None]
+
+
+def _pinned(t: torch.Tensor) -> torch.Tensor:
+    """Page-locked copy (so the host-to-GPU copy can be asynchronous); the tensor itself where pinning fails
+    (e.g. a pinned-memory limit)."""
+    try:
+        return t.pin_memory()
+    except RuntimeError:
+        return t
+
+
+def _on(t: torch.Tensor, device) -> torch.Tensor:
+    moved = t.detach().to(device, non_blocking=True)
+    return torch.nn.Parameter(moved, requires_grad=False) if isinstance(t, torch.nn.Parameter) else moved
+
+
 class BlockSwap:
+    """The swapped blocks keep their weights' home copies on the offload device: before a block runs, its
+    modules get copies on the compute device; after it, the home copies again. Weights do not change during
+    inference, so nothing is copied back."""
+
     def __init__(self, model, blocks_on_offload: int, device, offload_device="cpu"):
         n = len(model.transformer_blocks)
         if not 0 <= blocks_on_offload <= n:
@@ -11,16 +35,27 @@ class BlockSwap:
         self.device, self.offload_device = torch.device(device), torch.device(offload_device)
         self.first_swapped = n - blocks_on_offload
         self.model = model
+        pin = self.device.type == "cuda" and self.offload_device.type == "cpu" and torch.cuda.is_available()
+        self.home = {}
         for i, block in enumerate(model.transformer_blocks):
             block.to(self.offload_device if i >= self.first_swapped else self.device)
+            if i >= self.first_swapped:
+                if pin:
+                    for store, name in _tensor_slots(block):
+                        store[name].data = _pinned(store[name].data)
+                self.home[i] = [store[name] for store, name in _tensor_slots(block)]
 
     def before(self, index, block):
-        if index >= self.first_swapped:
-            block.to(self.device, non_blocking=True)
+        home = self.home.get(index)
+        if home is not None:
+            for (store, name), t in zip(_tensor_slots(block), home):
+                store[name] = _on(t, self.device)
 
     def after(self, index, block):
-        if index >= self.first_swapped:
-            block.to(self.offload_device)
+        home = self.home.get(index)
+        if home is not None:
+            for (store, name), t in zip(_tensor_slots(block), home):
+                store[name] = t
 
 
 def enable_block_swap(model, blocks_on_offload: int, device, offload_device="cpu") -> BlockSwap:
