@@ -424,3 +424,69 @@ def test_entrypoint_sets_up_folders_on_load_and_before_listing(env, monkeypatch)
     assert calls == ["setup"]
     nodes = asyncio.run(ext.get_node_list())
     assert calls == ["setup", "setup"] and nodes
+
+
+class DeviceMixCheck:
+    """Records ops whose tensors sit on more than one device type (0-dim CPU scalars and copies aside)."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        mixes = self.mixes = set()
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                flat, _ = tree_flatten((args, kwargs or {}))
+                devices = {t.device.type for t in flat if isinstance(t, torch.Tensor)
+                           and not (t.dim() == 0 and t.device.type == "cpu")}
+                if len(devices) > 1 and "copy" not in func.__name__:
+                    mixes.add((func.__name__, tuple(sorted(devices))))
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+
+
+@pytest.mark.parametrize("weight_dtype", ["fp32", "bf16", "fp8_e4m3fn"])
+def test_partial_load_onto_another_device_mixes_no_devices(env, monkeypatch, weight_dtype):
+    """ComfyUI's lowvram load onto a device other than the CPU ("meta" stands in for the GPU: it has no data, so
+    any op that meets a CPU tensor is a device mix) with the inputs on the CPU, as ComfyUI hands them over:
+    IITF Fusion, the step cache and the Sampler run without an op that mixes devices (a CPU -> CPU test
+    cannot see one)."""
+    if weight_dtype.startswith("fp8") and not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip("this torch has no float8")
+    mn, sn, sp, types = mods()
+    fn = comfy_env.pack_module("nodes.face_nodes")
+    bridge = comfy_env.pack_module("nodes.bridge")
+    meta = torch.device("meta")
+    (model,) = comfy_env.run_node(mn.ModelLoader, model_name="echo_tiny.safetensors", weight_dtype=weight_dtype,
+                                  attention="sdpa")
+    patcher = model.patcher
+    patcher.load_device = meta
+    budget = patcher.model_size() // 3
+    monkeypatch.setattr(bridge, "load_gpu", lambda patchers, memory_required=0: patcher.load(
+        meta, lowvram_model_memory=budget))
+    monkeypatch.setattr(bridge, "intermediate_device", lambda: meta)
+    from echovideo import step_cache
+
+    monkeypatch.setattr(step_cache, "mean_abs", lambda x: 0.01)  # meta tensors hold no values to read
+    cfg, p = model.config, env
+    g = torch.Generator().manual_seed(0)
+    text = types.TextEmbedsData(positive=torch.randn(1, cfg.max_text_seq_length, cfg.text_embed_dim, generator=g),
+                                negative=torch.randn(1, cfg.max_text_seq_length, cfg.text_embed_dim, generator=g))
+    tokens = lambda: torch.randn(1, cfg.face_seq_length, cfg.face_embed_dim, generator=g)  # noqa: E731
+    identity = types.IdentityData(id_embedding=torch.randn(1, 512, generator=g), face_tokens=tokens(),
+                                  face_crop=torch.zeros(8, 8, 3, dtype=torch.uint8),
+                                  extra={"negative_face_tokens": tokens()})
+    _, img = inputs(p)
+    check = DeviceMixCheck()
+    with check.mode:
+        (cond,) = comfy_env.run_node(fn.IITFFusion, model=model, text=text, identity=identity)
+        (cached,) = comfy_env.run_node(sp.StepCacheNode, model=model, threshold=0.05, warmup_steps=2)
+        (latent,) = comfy_env.run_node(sn.Sampler, model=cached, conditioning=cond, image_latents=img, steps=4,
+                                       cfg=6.0, dynamic_cfg=True, seed=1)
+    assert patcher.model.model_lowvram
+    assert any(getattr(m, "comfy_cast_weights", False) for n, m in patcher.model.named_modules()
+               if n.startswith("transformer_blocks."))  # some block weights really stayed on the CPU
+    assert cond.positive.device == meta and latent["samples"].device == meta
+    assert not check.mixes, sorted(check.mixes)
