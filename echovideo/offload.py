@@ -36,26 +36,23 @@ class BlockSwap:
         self.first_swapped = n - blocks_on_offload
         self.model = model
         pin = self.device.type == "cuda" and self.offload_device.type == "cpu" and torch.cuda.is_available()
-        self.home = {}
+        self.home = {}  # block index -> [(module dict, name, home tensor)], found once here, not at every call
         for i, block in enumerate(model.transformer_blocks):
             block.to(self.offload_device if i >= self.first_swapped else self.device)
             if i >= self.first_swapped:
+                slots = _tensor_slots(block)
                 if pin:
-                    for store, name in _tensor_slots(block):
+                    for store, name in slots:
                         store[name].data = _pinned(store[name].data)
-                self.home[i] = [store[name] for store, name in _tensor_slots(block)]
+                self.home[i] = [(store, name, store[name]) for store, name in slots]
 
     def before(self, index, block):
-        home = self.home.get(index)
-        if home is not None:
-            for (store, name), t in zip(_tensor_slots(block), home):
-                store[name] = _on(t, self.device)
+        for store, name, t in self.home.get(index, ()):
+            store[name] = _on(t, self.device)
 
     def after(self, index, block):
-        home = self.home.get(index)
-        if home is not None:
-            for (store, name), t in zip(_tensor_slots(block), home):
-                store[name] = t
+        for store, name, t in self.home.get(index, ()):
+            store[name] = t
 
 
 def enable_block_swap(model, blocks_on_offload: int, device, offload_device="cpu") -> BlockSwap:
