@@ -74,6 +74,16 @@ except (AttributeError, RuntimeError):
     _linear_pointwise = None
 
 
+# CPUs on which oneDNN's GELU epilogue beat a separate GELU (torch's capability names). Measured inside the
+# `large` benchmark's DiT call: about 5% faster on an AVX-512/AMX Intel CPU, 12% slower on an AVX2-only AMD CPU
+# (oneDNN's AVX2 tanh-GELU epilogue costs more than the matmul itself there).
+FUSED_GELU_CPU_CAPABILITIES = ("AVX512",)
+
+
+def fused_gelu_pays_off() -> bool:
+    return torch.backends.cpu.get_cpu_capability() in FUSED_GELU_CPU_CAPABILITIES
+
+
 def _is_plain_linear(linear: nn.Module) -> bool:
     """nn.Linear's own forward, not replaced on the instance, with no hooks (the fused call skips the module)."""
     return (type(linear).forward is nn.Linear.forward and "forward" not in vars(linear)
@@ -82,10 +92,11 @@ def _is_plain_linear(linear: nn.Module) -> bool:
 
 def fused_linear_gelu_tanh(linear: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
     """tanh-GELU(linear(x)) as one oneDNN call, bias and GELU in the matmul's epilogue (about 5% of a CPU DiT
-    call), where that applies: float32 on CPU, a plain nn.Linear (no hooks) with float32 CPU weights, no
-    autograd, not under torch.compile. None where it does not (ComfyUI's casting layers, other dtypes, GPUs)."""
+    call), where that applies: float32 on a CPU where it pays off (`fused_gelu_pays_off`), a plain nn.Linear
+    (no hooks) with float32 CPU weights, no autograd, not under torch.compile. None where it does not
+    (ComfyUI's casting layers, other dtypes, GPUs, AVX2-only CPUs)."""
     if (torch.compiler.is_compiling() or _linear_pointwise is None or not torch.backends.mkldnn.is_available()
-            or not torch.backends.mkldnn.enabled or not _is_plain_linear(linear)):
+            or not torch.backends.mkldnn.enabled or not _is_plain_linear(linear) or not fused_gelu_pays_off()):
         return None
     weight, bias = linear.weight, linear.bias
     if not all(t is None or (type(t) in (torch.Tensor, nn.Parameter) and t.device.type == "cpu"

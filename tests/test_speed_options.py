@@ -180,6 +180,7 @@ def test_fused_linear_gelu_matches_linear_then_gelu(monkeypatch):
     from echovideo import ops
     from echovideo.transformer import FeedForward
 
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     torch.manual_seed(0)
     linear = torch.nn.Linear(32, 96)
     x = torch.randn(3, 40, 32) * 4
@@ -213,6 +214,7 @@ def test_fused_linear_gelu_falls_back_once_when_onednn_refuses(monkeypatch):
         raise RuntimeError("could not create a primitive descriptor")
 
     monkeypatch.setattr(ops, "_linear_pointwise", refuse)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     ff, x = FeedForward(16, torch.nn, None, None), torch.randn(2, 5, 16)
     with torch.inference_mode():
         expected = ff.net[2](torch.nn.functional.gelu(ff.net[0].proj(x), approximate="tanh"))
@@ -222,10 +224,12 @@ def test_fused_linear_gelu_falls_back_once_when_onednn_refuses(monkeypatch):
 
 
 @needs_onednn_linear
-def test_fused_linear_gelu_declines_where_it_does_not_apply():
-    """Autograd, other dtypes, ComfyUI-style casting layers and oneDNN switched off keep the plain path."""
+def test_fused_linear_gelu_declines_where_it_does_not_apply(monkeypatch):
+    """Autograd, other dtypes, ComfyUI-style casting layers, oneDNN switched off and AVX2-only CPUs keep the
+    plain path."""
     from echovideo import ops
 
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     linear = torch.nn.Linear(8, 16)
     x = torch.randn(2, 8)
     assert ops.fused_linear_gelu_tanh(linear, x) is None  # grad mode, weights need grad
@@ -251,6 +255,28 @@ def test_fused_linear_gelu_declines_where_it_does_not_apply():
         assert ops.fused_linear_gelu_tanh(patched, x) is None
         with torch.backends.mkldnn.flags(enabled=False):
             assert ops.fused_linear_gelu_tanh(linear, x) is None
+        for capability in ("AVX2", "DEFAULT"):  # oneDNN's AVX2 GELU epilogue is slower than a separate GELU
+            monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+            assert ops.fused_linear_gelu_tanh(linear, x) is None
+
+
+@needs_onednn_linear
+def test_ff_on_an_avx2_cpu_runs_linear_then_gelu(monkeypatch):
+    """Where the fused call does not pay off, the FF never calls it and gives the unfused result."""
+    from echovideo import ops
+    from echovideo.transformer import FeedForward
+
+    calls = []
+    real = ops._linear_pointwise
+    monkeypatch.setattr(ops, "_linear_pointwise", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    torch.manual_seed(0)
+    ff, x = FeedForward(16, torch.nn, None, None), torch.randn(2, 5, 16)
+    with torch.inference_mode():
+        out = ff(x)
+        expected = ff.net[2](torch.nn.functional.gelu(ff.net[0].proj(x), approximate="tanh"))
+    assert calls == []
+    torch.testing.assert_close(out, expected, rtol=2e-6, atol=1e-6)
 
 
 def test_sampling_memory_estimate_matches_memory_plan():
