@@ -110,7 +110,8 @@ class FaceEncode(io.ComfyNode):
                 FaceEncoder.Input("face_encoder", tooltip="EchoVideo Face Encoder Loader output."),
                 io.Image.Input("image", tooltip="Photo(s) of the person. Several photos: see average_embeddings."),
                 io.Int.Input("face_index", default=0, min=0, max=63,
-                             tooltip="Which face when the photo has several: 0 = the largest."),
+                             tooltip="Which face when the photo has several: 0 = the largest (with only the "
+                                     "fallback RetinaFace detector finding faces: 0 = the one nearest the centre)."),
                 io.Boolean.Input("whole_image", default=False,
                                  tooltip="Use the whole photo (clothes, body) as the reference frame instead of the "
                                          "parsed face crop. The identity embedding still comes from the face."),
