@@ -78,7 +78,8 @@ def parse_args(argv=None):
     ap.add_argument("--no-dynamic-cfg", action="store_true")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--fps", type=int, default=16)
-    ap.add_argument("--face-index", type=int, default=0, help="0 = largest face (nearest the centre if only the fallback RetinaFace detector finds faces)")
+    ap.add_argument("--face-index", type=int, default=0,
+                    help="0 = largest face (nearest the centre if only the fallback RetinaFace detector finds faces)")
     ap.add_argument("--whole-image", action="store_true", help="whole photo as the reference frame (full body)")
     ap.add_argument("--step-cache", type=float, nargs="?", const=DEFAULT_THRESHOLD, default=None,
                     metavar="THRESHOLD", help=f"skip DiT steps with the step cache (threshold: default {DEFAULT_THRESHOLD})")
