@@ -2,6 +2,8 @@
 Settings, ComfyUI partial (lowvram) loading and block swap all keep the sampler's output."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import comfy_env
 
@@ -426,25 +428,20 @@ def test_entrypoint_sets_up_folders_on_load_and_before_listing(env, monkeypatch)
     assert calls == ["setup", "setup"] and nodes
 
 
-class DeviceMixCheck:
+class DeviceMixCheck(TorchDispatchMode):
     """Records ops whose tensors sit on more than one device type (0-dim CPU scalars and copies aside)."""
 
     def __init__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils._pytree import tree_flatten
+        super().__init__()
+        self.mixes = set()
 
-        mixes = self.mixes = set()
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                flat, _ = tree_flatten((args, kwargs or {}))
-                devices = {t.device.type for t in flat if isinstance(t, torch.Tensor)
-                           and not (t.dim() == 0 and t.device.type == "cpu")}
-                if len(devices) > 1 and "copy" not in func.__name__:
-                    mixes.add((func.__name__, tuple(sorted(devices))))
-                return func(*args, **(kwargs or {}))
-
-        self.mode = Mode()
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        flat, _ = tree_flatten((args, kwargs or {}))
+        devices = {t.device.type for t in flat if isinstance(t, torch.Tensor)
+                   and not (t.dim() == 0 and t.device.type == "cpu")}
+        if len(devices) > 1 and "copy" not in func.__name__:
+            self.mixes.add((func.__name__, tuple(sorted(devices))))
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("weight_dtype", ["fp32", "bf16", "fp8_e4m3fn"])
@@ -480,7 +477,7 @@ def test_partial_load_onto_another_device_mixes_no_devices(env, monkeypatch, wei
                                   extra={"negative_face_tokens": tokens()})
     _, img = inputs(p)
     check = DeviceMixCheck()
-    with check.mode:
+    with check:
         (cond,) = comfy_env.run_node(fn.IITFFusion, model=model, text=text, identity=identity)
         (cached,) = comfy_env.run_node(sp.StepCacheNode, model=model, threshold=0.05, warmup_steps=2)
         (latent,) = comfy_env.run_node(sn.Sampler, model=cached, conditioning=cond, image_latents=img, steps=4,
