@@ -40,3 +40,24 @@ def restore_torch_threads():
     yield
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def module_tmp_path(request, tmp_path_factory):
+    """A folder for one module's shared tiny models, removed when the module ends: every tiny model set holds
+    ~190 MB checkpoints, and keeping all modules' sets until the session ends needs gigabytes of disk."""
+    import shutil
+
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def forget_comfyui_file_lists():
+    """ComfyUI caches each model folder's file list with the folders' mtimes; a test's folder is removed when it
+    passes, so a list cached from it must not reach the next test."""
+    yield
+    folder_paths = sys.modules.get("folder_paths")
+    if folder_paths is not None:
+        folder_paths.filename_list_cache.clear()

@@ -6,8 +6,8 @@ from make_tiny_models import main as make_tiny_models
 
 
 @pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
+def tiny_models(module_tmp_path):
+    root = module_tmp_path
     make_tiny_models([str(root / "models"), "--input-dir", str(root / "input")])
     return root
 

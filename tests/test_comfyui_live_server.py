@@ -61,13 +61,13 @@ def node_id(wf, class_type):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(module_tmp_path):
     """ComfyUI on a free port with only this pack in custom_nodes and the tiny models on its model paths."""
     pytest.importorskip("aiohttp", reason="ComfyUI's own aiohttp (installed with ComfyUI's requirements)")
     with open(os.path.join(comfy_env.COMFYUI_DIR, "comfy", "cli_args.py")) as f:
         if "--base-directory" not in f.read():
             pytest.skip("this ComfyUI predates --base-directory (2025); update COMFYUI_DIR's checkout")
-    root = tmp_path_factory.mktemp("comfyui_live")
+    root = module_tmp_path
     models = root / "models"
     make_tiny_models.write_tiny_models(models)
     make_tiny_models.write_example_photo(root / "input")

@@ -57,8 +57,8 @@ def bad_prompts():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("comfyui_server")
+def run(module_tmp_path):
+    tmp = module_tmp_path
     models, inp, out = tmp / "models", tmp / "input", tmp / "output"
     make_tiny_models.write_tiny_models(models)
     make_tiny_models.write_example_photo(inp)

@@ -13,11 +13,11 @@ W, H, FRAMES, STEPS = T["width"], T["height"], T["frames"], T["steps"]
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(module_tmp_path):
     comfy_env.setup_comfy()
     import folder_paths
 
-    root = tmp_path_factory.mktemp("models")
+    root = module_tmp_path
     made = comfy_env.write_tiny_models(root)
     face = made["face"]
     p = made["preset"]

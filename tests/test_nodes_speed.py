@@ -17,11 +17,11 @@ FOLDERS = ("diffusion_models", "vae", "clip_vision", "text_encoders", "insightfa
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(module_tmp_path):
     comfy_env.setup_comfy()
     import folder_paths
 
-    root = tmp_path_factory.mktemp("speed_models")
+    root = module_tmp_path
     made = comfy_env.write_tiny_models(root)
     comfy_env.load_pack()
     saved = {k: folder_paths.folder_names_and_paths.get(k) for k in FOLDERS}
