@@ -21,10 +21,12 @@ def tiny_args(root, out, *extra):
             "--frames", "9", "--steps", "2", "--out", str(out), *extra]
 
 
-def test_cli_writes_mp4(tiny_models, tmp_path):
+def test_cli_writes_mp4(tiny_models, tmp_path, capsys):
     import av
     out = tmp_path / "tiny.mp4"
     cli.main(tiny_args(tiny_models, out, "--fps", "12"))
+    # not a terminal: one progress line per step, readable in a log file
+    assert capsys.readouterr().err.split("\n")[-3:] == ["step 1/2", "step 2/2", ""]
     with av.open(str(out)) as c:
         stream = c.streams.video[0]
         frames = list(c.decode(stream))
