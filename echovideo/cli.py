@@ -160,19 +160,18 @@ def generate_video(args):
     dit = load_transformer(paths["dit"], compute_dtype=dtype, device=args.device)
     caller = StepCache(dit, threshold=args.step_cache) if args.step_cache is not None else None
 
-    on_terminal = sys.stderr.isatty()
+    # a terminal: one progress line, rewritten; a log file: one line per step
+    line_start, line_end = ("\r", "") if sys.stderr.isatty() else ("", "\n")
 
     def progress(step, total, _latents):
-        # one line rewritten in a terminal; one line per step in a log file
-        print(f"\rstep {step}/{total}" if on_terminal else f"step {step}/{total}", end="" if on_terminal else "\n",
-              file=sys.stderr, flush=True)
+        print(f"{line_start}step {step}/{total}", end=line_end, file=sys.stderr, flush=True)
 
     frames = pipeline.generate(dit, vae, siglip_model, text_pos, text_neg, ident.face_crop, ident.id_embedding,
                                args.width, args.height, args.frames, steps=args.steps, guidance_scale=args.cfg,
                                dynamic_cfg=not args.no_dynamic_cfg, seed=args.seed,
                                reference_image=ident.reference_image, callback=progress, dit_caller=caller)
-    if on_terminal:
-        print(file=sys.stderr)
+    if not line_end:
+        print(file=sys.stderr)  # ends the terminal's progress line
     save_video(frames, args.out, fps=args.fps)
     print(f"wrote {args.out}: {frames.shape[0]} frames {args.width}x{args.height} in {time.time() - start:.1f} s")
 
