@@ -9,7 +9,8 @@ face-frame encode, IITF fusion, the sampling loop and the VAE decode, in one pro
 Targets: sampling loop <= 0.3x the published pipeline's on `large`
 (the published figures given with the targets: 0.57-0.62 s loop, 1.7-2.2 s decode, 1.40 GiB peak RSS on this machine kind with
 2 threads; measured here side by side, idle: 0.44 s loop, 1.58 s decode, 1676 MiB), peak RSS <= 1.0x,
-fusion_calls = 2 with CFG, decode peak RSS within +-10% from 9 to 49 frames (tiling on). README: the figures.
+fusion_calls = 2 with CFG, decode peak RSS within +-10% from 9 to 49 frames (tiling on). Figures: README (latest)
+and benchmarks/RESULTS.md (every day).
 """
 import argparse
 import dataclasses
