@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 
 import pytest
@@ -46,8 +47,6 @@ def restore_torch_threads():
 def module_tmp_path(request, tmp_path_factory):
     """A folder for one module's shared tiny models, removed when the module ends: every tiny model set holds
     ~190 MB checkpoints, and keeping all modules' sets until the session ends needs gigabytes of disk."""
-    import shutil
-
     path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
     yield path
     shutil.rmtree(path, ignore_errors=True)
