@@ -86,6 +86,8 @@ def main(argv=None):
     ap.add_argument("--tile-size", type=int, default=None, help="decode tile size in pixels (default: the VAE's)")
     ap.add_argument("--compile", default=None, metavar="BACKEND",
                     help="torch.compile the DiT blocks (e.g. inductor); compiled in an untimed warm-up run")
+    ap.add_argument("--no-unit-guidance-skip", action="store_true",
+                    help="run the unconditional branch also at steps whose guidance scale is 1")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
@@ -136,18 +138,21 @@ def main(argv=None):
     caller = sampling.DiTCaller(dit)
     t0 = time.perf_counter()
     latents = sampling.sample(dit, cond.positive, cond.negative, image_latents, steps=preset.steps,
-                              guidance_scale=preset.guidance, dynamic_cfg=True, seed=args.seed, dit_caller=caller)
+                              guidance_scale=preset.guidance, dynamic_cfg=True, seed=args.seed, dit_caller=caller,
+                              skip_unit_guidance=not args.no_unit_guidance_skip)
     loop_s = time.perf_counter() - t0
 
     result = dict(preset=args.preset, config=dataclasses.asdict(preset), threads=args.threads,
                   face_tokens_and_fusion_s=round(fusion_s, 4), face_frame_encode_s=round(encode_s, 4),
                   loop_s=round(loop_s, 4), per_step_s=round(loop_s / preset.steps, 4), dit_calls=caller.calls,
+                  cond_only_calls=caller.cond_only_calls,
                   fusion_calls=fusion_calls, compile=args.compile, compile_warmup_s=compile_s)
     if args.step_cache is not None:
         cache = StepCache(dit, threshold=args.step_cache)
         t0 = time.perf_counter()
         cached = sampling.sample(dit, cond.positive, cond.negative, image_latents, steps=preset.steps,
-                                 guidance_scale=preset.guidance, dynamic_cfg=True, seed=args.seed, dit_caller=cache)
+                                 guidance_scale=preset.guidance, dynamic_cfg=True, seed=args.seed, dit_caller=cache,
+                                 skip_unit_guidance=not args.no_unit_guidance_skip)
         result.update(step_cache_threshold=args.step_cache, step_cache_loop_s=round(time.perf_counter() - t0, 4),
                       step_cache_dit_calls=cache.calls,
                       step_cache_call_reduction=round(caller.calls / max(cache.calls, 1), 3),

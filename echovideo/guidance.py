@@ -15,5 +15,13 @@ def guidance_scale_at(guidance_scale: float, timestep: int, num_inference_steps:
     return dynamic_guidance_scale(guidance_scale, timestep, num_inference_steps) if dynamic else guidance_scale
 
 
+def guidance_is_identity(scale: float) -> bool:
+    """True where CFG leaves the conditional prediction as it is: |scale - 1| within 1e-9 (ComfyUI's own
+    test for skipping the unconditional pass). uncond + scale (cond - uncond) then equals cond within float32
+    rounding, so that step needs no unconditional prediction. The dynamic schedule lands there at some steps
+    (e.g. t = 666 of 6 steps)."""
+    return math.isclose(scale, 1.0)
+
+
 def combine_guidance(pred_uncond, pred_cond, scale: float):
     return pred_uncond + scale * (pred_cond - pred_uncond)

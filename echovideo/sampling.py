@@ -6,7 +6,7 @@ from typing import Callable, Optional
 import torch
 
 from .errors import check
-from .guidance import combine_guidance, guidance_scale_at
+from .guidance import combine_guidance, guidance_is_identity, guidance_scale_at
 from .rope import rotary_embedding_for_video
 from .scheduler import CogVideoXDPMScheduler
 from .video import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION
@@ -42,15 +42,22 @@ def initial_noise(shape, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
 
 
+ALL_ROWS = slice(None)
+CONDITIONAL_ROW = slice(1, None)  # of the CFG batch [unconditional, conditional]
+
+
 class DiTCaller:
-    """Calls the DiT on the CFG batch; counts calls. Subclassed by the step cache."""
+    """Calls the DiT on the CFG batch, or on `rows` of it; counts calls (`cond_only_calls`: those that ran the
+    conditional row alone, at steps whose guidance scale is 1). Subclassed by the step cache."""
 
     def __init__(self, model):
         self.model = model
         self.calls = 0
+        self.cond_only_calls = 0
 
-    def __call__(self, x, context, timestep, rope, step_index, num_steps):
+    def __call__(self, x, context, timestep, rope, step_index, num_steps, rows: slice = ALL_ROWS):
         self.calls += 1
+        self.cond_only_calls += rows != ALL_ROWS
         return self.model(x, context, timestep, rope)
 
 
@@ -60,12 +67,13 @@ def sample(model, positive_context: torch.Tensor, negative_context: Optional[tor
            dynamic_cfg: bool = True, seed: int = 42, callback: Optional[StepCallback] = None,
            scheduler_config: Optional[dict] = None, dtype: Optional[torch.dtype] = None,
            dit_caller: Optional[DiTCaller] = None, generator: Optional[torch.Generator] = None,
-           device: Optional[torch.device] = None) -> torch.Tensor:
+           device: Optional[torch.device] = None, skip_unit_guidance: bool = True) -> torch.Tensor:
     """Denoised latents [1, F, C, h, w] (float32).
 
     positive_context / negative_context: IITF-fused contexts [1, L, D] (negative: negative prompt,
     zero ArcFace embedding, SigLIP tokens of a black image). image_latents: face-frame latents
-    [1, F, C, h, w]; the video size follows from them. guidance_scale <= 1 skips the unconditional branch.
+    [1, F, C, h, w]; the video size follows from them. guidance_scale <= 1 skips the unconditional branch;
+    so does every step whose (dynamic) scale is 1 (`guidance_is_identity`) unless skip_unit_guidance=False.
     device: where the loop runs (default: the first weight's device; pass it when weights are partially
     offloaded). dtype: the activations' dtype (default: the model's compute dtype)."""
     cfg = model.config
@@ -106,13 +114,14 @@ def sample(model, positive_context: torch.Tensor, negative_context: Optional[tor
     old_pred_original = None
     with torch.inference_mode():  # less per-op bookkeeping than no_grad: about 3% of a DiT call on CPU
         for i, t in enumerate(timesteps):
-            x = latents.to(dtype).expand(batch, -1, -1, -1, -1)
-            x = torch.cat([x, image_in], dim=2)
-            t_batch = t.expand(batch).to(device)
-            pred = caller(x, contexts, t_batch, rope, i, len(timesteps)).float()
-            if use_cfg:
+            scale = guidance_scale_at(guidance_scale, int(t), steps, dynamic_cfg) if use_cfg else 1.0
+            rows = CONDITIONAL_ROW if use_cfg and skip_unit_guidance and guidance_is_identity(scale) else ALL_ROWS
+            n = contexts[rows].shape[0]
+            x = torch.cat([latents.to(dtype).expand(n, -1, -1, -1, -1), image_in[rows]], dim=2)
+            pred = caller(x, contexts[rows], t.expand(n).to(device), rope, i, len(timesteps), rows=rows).float()
+            if use_cfg and rows == ALL_ROWS:
                 uncond, cond = pred.chunk(2)
-                pred = combine_guidance(uncond, cond, guidance_scale_at(guidance_scale, int(t), steps, dynamic_cfg))
+                pred = combine_guidance(uncond, cond, scale)
             latents, old_pred_original = scheduler.step(
                 pred, old_pred_original, t, timesteps[i - 1] if i > 0 else None, latents,
                 generator=generator, return_dict=False)

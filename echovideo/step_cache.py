@@ -9,7 +9,7 @@ output. So the threshold means the same on any checkpoint or size: the estimated
 error of the reused block output that a skipped step may carry."""
 import torch
 
-from .sampling import DiTCaller
+from .sampling import ALL_ROWS, DiTCaller
 
 DEFAULT_THRESHOLD = 0.05
 DEFAULT_WARMUP_STEPS = 2  # two full evaluations calibrate the rate
@@ -36,15 +36,23 @@ class StepCache(DiTCaller):
         self._rate = None  # estimated relative output error per unit of accumulated input change
 
     @torch.no_grad()
-    def __call__(self, hidden_states, context, timestep, rope, step_index, num_steps):
+    def __call__(self, hidden_states, context, timestep, rope, step_index, num_steps, rows: slice = ALL_ROWS):
         model = self.model
         x, ctx, temb = model.embed(hidden_states, context, timestep)
-        modulated = model.modulated_video_input(x, ctx, temb)
+        # every row of the batch holds the same video tokens: the first row's carry the signal
+        modulated = model.modulated_video_input(x[:1], ctx[:1], temb[:1])
         if step_index > 0 and self._previous_input is not None and self._previous_input.shape == modulated.shape:
             self._input_change += mean_abs(modulated - self._previous_input)
         else:
             self._last = self._rate = None  # a new run or size: calibrate again
         self._previous_input = modulated
+        if rows != ALL_ROWS:
+            # a step that needs only some rows (guidance scale 1): evaluated in full; the cached residual stays
+            # the whole batch's, and the input change keeps adding up since it
+            self.calls += 1
+            self.cond_only_calls += 1
+            x_out, ctx_out = model.run_blocks(x, ctx, temb, rope)
+            return model.head(x_out, ctx_out, temb, hidden_states.shape)
         estimate = None if self._rate is None else self._rate * self._input_change
         full = (step_index < self.warmup_steps or step_index == num_steps - 1 or estimate is None
                 or estimate >= self.threshold)

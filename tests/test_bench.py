@@ -26,6 +26,15 @@ def test_shared_preset_json_fields(bench, capsys):
     assert abs(out["per_step_s"] - out["loop_s"] / 2) <= 1e-4 and out["threads"] == 1  # both rounded to 1e-4
 
 
+def test_unit_guidance_skip_is_reported_and_can_be_turned_off(bench, capsys):
+    """6 steps: step 2 (guidance scale 1) runs the conditional row alone, reported as cond_only_calls; with
+    --no-unit-guidance-skip every step runs both rows."""
+    on, _ = _main_json(bench, capsys, "--steps", "6")
+    off, _ = _main_json(bench, capsys, "--steps", "6", "--no-unit-guidance-skip")
+    assert on["dit_calls"] == off["dit_calls"] == 6
+    assert on["cond_only_calls"] == 1 and off["cond_only_calls"] == 0
+
+
 def test_presets_match_the_issue(bench):
     from echovideo.tiny import PRESETS
 

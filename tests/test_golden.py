@@ -82,10 +82,10 @@ class RecordingCaller(sampling.DiTCaller):
         super().__init__(model)
         self.first_input = None
 
-    def __call__(self, x, context, timestep, rope, step_index, num_steps):
+    def __call__(self, x, context, timestep, rope, step_index, num_steps, rows=sampling.ALL_ROWS):
         if self.first_input is None:
             self.first_input = x.detach().clone()
-        return super().__call__(x, context, timestep, rope, step_index, num_steps)
+        return super().__call__(x, context, timestep, rope, step_index, num_steps, rows)
 
 
 class Level2:

@@ -196,9 +196,9 @@ class _Recorder(sampling.DiTCaller):
         super().__init__(model)
         self.ropes = []
 
-    def __call__(self, x, context, timestep, rope, step_index, num_steps):
+    def __call__(self, x, context, timestep, rope, step_index, num_steps, rows=sampling.ALL_ROWS):
         self.ropes.append(rope)
-        return super().__call__(x, context, timestep, rope, step_index, num_steps)
+        return super().__call__(x, context, timestep, rope, step_index, num_steps, rows)
 
 
 def test_sampler_rope_follows_a_non_square_latent(dit):
@@ -227,7 +227,7 @@ def test_sampler_callback_gets_each_steps_denoised_estimate(dit):
     sqrt(alpha_bar_t) times the initial noise (x0 = sqrt(a) x_t - sqrt(1 - a) v)."""
 
     class ZeroV(sampling.DiTCaller):
-        def __call__(self, x, context, timestep, rope, step_index, num_steps):
+        def __call__(self, x, context, timestep, rope, step_index, num_steps, rows=sampling.ALL_ROWS):
             return torch.zeros(x.shape[0], x.shape[1], P.latent_channels, *x.shape[3:])
 
     pos, neg = _ctx()

@@ -101,7 +101,7 @@ def test_sample_uses_this_scheduler_and_matches_diffusers(monkeypatch):
     dit = tiny.tiny_dit(p)
 
     class Zero(sampling.DiTCaller):
-        def __call__(self, x, context, timestep, rope, step_index, num_steps):
+        def __call__(self, x, context, timestep, rope, step_index, num_steps, rows=sampling.ALL_ROWS):
             self.calls += 1
             return torch.full((x.shape[0], x.shape[1], p.latent_channels, *x.shape[3:]), 0.25)
 

@@ -95,6 +95,21 @@ def test_step_cache_default_skips_and_stays_close():
     assert torch.equal(run(cache), cached) and cache.calls == 2 * calls
 
 
+def test_step_cache_keeps_its_calibration_across_a_unit_guidance_step():
+    """6 steps at g = 6: step 2 (t = 666) has guidance scale 1 and runs the conditional row alone, in full; the
+    cache neither skips nor recalibrates there, so with a huge threshold steps 3 and 4 reuse the residual of
+    step 1's whole batch (a reset at step 2 would leave step 3 without a rate, so it would run in full)."""
+    dit, run = _cache_run(tiny.PRESETS["shared"], steps=6)
+    plain = sampling.DiTCaller(dit)
+    base = run(plain)
+    assert plain.calls == 6 and plain.cond_only_calls == 1
+    exact = StepCache(dit, threshold=0.0)
+    assert torch.equal(run(exact), base) and exact.calls == 6 and exact.cond_only_calls == 1
+    loose = StepCache(dit, threshold=1e9)
+    run(loose)
+    assert [s for s, _ in loose.estimates] == [3, 4] and loose.calls == 4 and loose.cond_only_calls == 1
+
+
 def test_step_cache_memory_estimate_covers_what_the_cache_adds():
     """With the step cache on, the Sampler asks ComfyUI for STEP_CACHE_STREAMS more activation streams: the
     whole sampling run's peak (MetaPeak, skipping steps) grows by more than nothing and no more than that."""
@@ -128,9 +143,9 @@ class _Checked(StepCache):
         super().__init__(*a, **kw)
         self.true_errors = []
 
-    def __call__(self, hidden_states, context, timestep, rope, step_index, num_steps):
+    def __call__(self, hidden_states, context, timestep, rope, step_index, num_steps, rows=sampling.ALL_ROWS):
         skipped = self.skipped
-        out = super().__call__(hidden_states, context, timestep, rope, step_index, num_steps)
+        out = super().__call__(hidden_states, context, timestep, rope, step_index, num_steps, rows)
         if self.skipped > skipped:
             x, ctx, temb = self.model.embed(hidden_states, context, timestep)
             x_out, _ = self.model.run_blocks(x, ctx, temb, rope)
@@ -303,9 +318,9 @@ def test_sampler_runs_in_the_models_compute_dtype():
     seen = []
 
     class Recorder(sampling.DiTCaller):
-        def __call__(self, x, context, timestep, rope, step_index, num_steps):
+        def __call__(self, x, context, timestep, rope, step_index, num_steps, rows=sampling.ALL_ROWS):
             seen.append((x.dtype, context.dtype, x.device))
-            return super().__call__(x, context, timestep, rope, step_index, num_steps)
+            return super().__call__(x, context, timestep, rope, step_index, num_steps, rows)
 
     image_latents = torch.randn(1, (p.frames - 1) // 4 + 1, p.latent_channels, p.height // 8, p.width // 8)
     pos, neg = torch.randn(1, p.text_len, p.text_dim), torch.randn(1, p.text_len, p.text_dim)
@@ -386,9 +401,9 @@ def test_generate_uses_the_reference_image_for_the_first_frame():
     seen = []
 
     class FirstFrame(sampling.DiTCaller):
-        def __call__(self, x, *a):
+        def __call__(self, x, *a, **kw):
             seen.append(x[0, 0, p.latent_channels:].clone())  # the image-latent channels of latent frame 0
-            return super().__call__(x, *a)
+            return super().__call__(x, *a, **kw)
 
     for reference in (None, photo):
         pipeline.generate(dit, vae, sig, text, text, face, ident, reference_image=reference,
@@ -499,7 +514,7 @@ def _run_cache(cache, levels):
     outs = []
     for i, c in enumerate(levels):
         x = torch.full((1, 4), float(c))
-        outs.append(cache(x, torch.zeros(1, 2), None, None, i, len(levels)).clone())
+        outs.append(cache(x, torch.zeros(1, 2), torch.zeros(1), None, i, len(levels)).clone())
     return outs
 
 

@@ -79,6 +79,54 @@ def test_guidance_one_skips_unconditional_branch(model):
     assert caller.calls == 3 and batches == [1, 1, 1]
 
 
+def test_unit_guidance_scale_is_detected_only_where_it_is_one():
+    """6 steps at g = 6: t = 666 gives scale 1 + 6 (1 - cos(pi (-110)^5)) / 2, 1 within float64 rounding of the huge
+    cosine argument; every other step is far from 1. A static scale of 1 + 1e-6 still counts as guidance."""
+    from echovideo.guidance import dynamic_guidance_scale, guidance_is_identity
+
+    scheduler = sampling.make_scheduler()
+    scheduler.set_timesteps(6)
+    scales = {int(t): dynamic_guidance_scale(6.0, int(t), 6) for t in scheduler.timesteps}
+    assert sorted(scales) == [166, 332, 499, 666, 832, 999]
+    assert [t for t, s in scales.items() if guidance_is_identity(s)] == [666]
+    assert abs(scales[666] - 1) < 1e-9 and min(abs(s - 1) for t, s in scales.items() if t != 666) > 1
+    assert guidance_is_identity(1.0) and not guidance_is_identity(1.0 + 1e-6)
+
+
+def test_unit_guidance_step_runs_the_conditional_row_alone():
+    """At the step whose guidance scale is 1 the DiT gets the conditional row only (positive context, batch 1);
+    the latents equal those of running both rows there, within float32 rounding of uncond + 1 (cond - uncond)."""
+    torch.manual_seed(3)
+    model = EchoVideoTransformer(TINY).eval()
+    for p in model.parameters():  # weights large enough that the two contexts give clearly different predictions
+        torch.nn.init.normal_(p, std=0.2)
+    pos, neg = torch.randn(1, 16, 64), torch.randn(1, 16, 64)
+    lat = torch.randn(1, 2, 4, 8, 8)
+    seen = []
+
+    class Recorder(sampling.DiTCaller):
+        def __call__(self, x, context, timestep, rope, step_index, num_steps, rows=sampling.ALL_ROWS):
+            seen.append((step_index, x.shape[0], context.clone(), rows))
+            return super().__call__(x, context, timestep, rope, step_index, num_steps, rows)
+
+    caller = Recorder(model)
+    skipped = sampling.sample(model, pos, neg, lat, steps=6, guidance_scale=6.0, seed=1, dit_caller=caller)
+    assert [(i, b) for i, b, _, _ in seen] == [(0, 2), (1, 2), (2, 1), (3, 2), (4, 2), (5, 2)]
+    assert torch.equal(seen[2][2], pos) and seen[2][3] == sampling.CONDITIONAL_ROW
+    assert torch.equal(seen[0][2], torch.cat([neg, pos]))
+    assert caller.calls == 6 and caller.cond_only_calls == 1
+    both = sampling.DiTCaller(model)
+    full = sampling.sample(model, pos, neg, lat, steps=6, guidance_scale=6.0, seed=1, dit_caller=both,
+                           skip_unit_guidance=False)
+    assert both.calls == 6 and both.cond_only_calls == 0
+    torch.testing.assert_close(skipped, full, rtol=0, atol=1e-5 * full.abs().max().item())
+    # the other rows' predictions would have changed the result where the scale is not 1
+    static = sampling.sample(model, pos, neg, lat, steps=6, guidance_scale=6.0, seed=1, dynamic_cfg=False)
+    assert (static - full).abs().max() > 1e-3 * full.abs().max()  # 100x the tolerance above
+    uncond_there = sampling.sample(model, neg, neg, lat, steps=6, guidance_scale=6.0, seed=1, skip_unit_guidance=False)
+    assert (uncond_there - full).abs().max() > 1e-3 * full.abs().max()
+
+
 def test_config_refuses_non_echovideo():
     with pytest.raises(CheckpointError, match="in_channels = 2 x out_channels"):
         TransformerConfig.from_dict({**TINY, "in_channels": 4})
