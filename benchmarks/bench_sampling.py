@@ -165,7 +165,9 @@ def main(argv=None):
     decode_s = time.perf_counter() - t0
     decode_peak = _status_mib("VmHWM") if decode_peak_measured else None
     result.update(decode_s=round(decode_s, 4), decoded_frames=int(frames.shape[0]), tile_size=args.tile_size,
-                  peak_rss_before_decode_mib=round(rss_before_decode, 1), peak_rss_mib=round(peak_rss_mib(), 1),
+                  peak_rss_before_decode_mib=round(rss_before_decode, 1),
+                  # the reset above also restarts ru_maxrss: the run's peak is the larger of the two phases'
+                  peak_rss_mib=round(max(rss_before_decode, peak_rss_mib(), decode_peak or 0.0), 1),
                   decode_start_rss_mib=None if decode_start_rss is None else round(decode_start_rss, 1),
                   decode_peak_rss_mib=None if decode_peak is None else round(decode_peak, 1))
     if args.json:

@@ -23,6 +23,8 @@ def test_shared_preset_json_fields(bench, capsys):
         assert key in out
     assert out["dit_calls"] == 2 and out["fusion_calls"] == 2  # CFG: fusion once per branch
     assert out["config"]["layers"] == 2 and out["decoded_frames"] == 9
+    # the whole run's peak, though the decode's peak counter was restarted
+    assert out["peak_rss_mib"] >= max(out["peak_rss_before_decode_mib"], out["decode_peak_rss_mib"])
     assert abs(out["per_step_s"] - out["loop_s"] / 2) <= 1e-4 and out["threads"] == 1  # both rounded to 1e-4
 
 
