@@ -283,6 +283,11 @@ def t5_dtype(device=None) -> torch.dtype:
     return torch.float16
 
 
+def cfg1_optimization_disabled(patcher) -> bool:
+    """ComfyUI's model option that keeps the unconditional pass at guidance scale 1 (its samplers skip it)."""
+    return bool(getattr(patcher, "model_options", {}).get("disable_cfg1_optimization", False))
+
+
 # ---------------------------------------------------------------- model patchers
 
 class ModuleHolder(torch.nn.Module):

@@ -165,7 +165,8 @@ class Sampler(io.ComfyNode):
         try:
             latents = sample(dit, conditioning.positive, conditioning.negative if use_cfg else None, lat,
                              steps=int(steps), guidance_scale=float(cfg), dynamic_cfg=bool(dynamic_cfg),
-                             seed=int(seed), callback=on_step, dit_caller=caller, device=model.device)
+                             seed=int(seed), callback=on_step, dit_caller=caller, device=model.device,
+                             skip_unit_guidance=not bridge.cfg1_optimization_disabled(model.patcher))
         finally:
             dit.block_hook = previous_hook
         if caller is not None:

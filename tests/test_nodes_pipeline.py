@@ -219,6 +219,16 @@ def test_sampler_widgets_reach_the_sampling(env, monkeypatch):
     (latent,) = comfy_env.run_node(sn.Sampler, model=out["model"], conditioning=out["cond"],
                                    image_latents=out["img_lat"], steps=STEPS, cfg=6.0, dynamic_cfg=False, seed=7)
     assert seen["sample"]["dynamic_cfg"] is False and seen["sample"]["seed"] == 7
+    assert seen["sample"]["skip_unit_guidance"] is True
+    # ComfyUI's model option that keeps the unconditional pass at scale 1, set on a clone of the patcher
+    import dataclasses
+
+    keeping = dataclasses.replace(out["model"], patcher=out["model"].patcher.clone())
+    keeping.patcher.model_options["disable_cfg1_optimization"] = True
+    comfy_env.run_node(sn.Sampler, model=keeping, conditioning=out["cond"], image_latents=out["img_lat"],
+                       steps=STEPS, cfg=6.0, dynamic_cfg=False, seed=7)
+    assert seen["sample"]["skip_unit_guidance"] is False
+    assert "disable_cfg1_optimization" not in out["model"].patcher.model_options
     assert not torch.equal(latent["samples"], out["latent"]["samples"])  # run_chain sampled with dynamic_cfg on
     comfy_env.run_node(sn.VAEDecode, vae=out["vae"], latent=latent, tiling=True, tile_size=96)
     assert seen["decode"]["tiling"] is True and seen["decode"]["tile_size"] == 96
