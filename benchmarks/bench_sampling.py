@@ -132,8 +132,10 @@ def main(argv=None):
 
         compile_blocks(dit, backend=args.compile)
         t0 = time.perf_counter()
-        sampling.sample(dit, cond.positive, cond.negative, image_latents, steps=2, guidance_scale=preset.guidance,
-                        seed=args.seed)
+        # the timed run's own steps, so a batch-1 step (guidance scale 1) is compiled here too
+        sampling.sample(dit, cond.positive, cond.negative, image_latents, steps=preset.steps,
+                        guidance_scale=preset.guidance, seed=args.seed,
+                        skip_unit_guidance=not args.no_unit_guidance_skip)
         compile_s = round(time.perf_counter() - t0, 2)
     caller = sampling.DiTCaller(dit)
     t0 = time.perf_counter()
