@@ -126,6 +126,8 @@ def main(argv=None):
     image_latents = vae_lib.encode_face_frame(vae, face, preset.width, preset.height, preset.frames)
     encode_s = time.perf_counter() - t0
 
+    loop_options = dict(steps=preset.steps, guidance_scale=preset.guidance, dynamic_cfg=True, seed=args.seed,
+                        skip_unit_guidance=not args.no_unit_guidance_skip)
     compile_s = None
     if args.compile:
         from echovideo.compile import compile_blocks
@@ -133,15 +135,11 @@ def main(argv=None):
         compile_blocks(dit, backend=args.compile)
         t0 = time.perf_counter()
         # the timed run's own steps, so a batch-1 step (guidance scale 1) is compiled here too
-        sampling.sample(dit, cond.positive, cond.negative, image_latents, steps=preset.steps,
-                        guidance_scale=preset.guidance, seed=args.seed,
-                        skip_unit_guidance=not args.no_unit_guidance_skip)
+        sampling.sample(dit, cond.positive, cond.negative, image_latents, **loop_options)
         compile_s = round(time.perf_counter() - t0, 2)
     caller = sampling.DiTCaller(dit)
     t0 = time.perf_counter()
-    latents = sampling.sample(dit, cond.positive, cond.negative, image_latents, steps=preset.steps,
-                              guidance_scale=preset.guidance, dynamic_cfg=True, seed=args.seed, dit_caller=caller,
-                              skip_unit_guidance=not args.no_unit_guidance_skip)
+    latents = sampling.sample(dit, cond.positive, cond.negative, image_latents, dit_caller=caller, **loop_options)
     loop_s = time.perf_counter() - t0
 
     result = dict(preset=args.preset, config=dataclasses.asdict(preset), threads=args.threads,
@@ -152,9 +150,7 @@ def main(argv=None):
     if args.step_cache is not None:
         cache = StepCache(dit, threshold=args.step_cache)
         t0 = time.perf_counter()
-        cached = sampling.sample(dit, cond.positive, cond.negative, image_latents, steps=preset.steps,
-                                 guidance_scale=preset.guidance, dynamic_cfg=True, seed=args.seed, dit_caller=cache,
-                                 skip_unit_guidance=not args.no_unit_guidance_skip)
+        cached = sampling.sample(dit, cond.positive, cond.negative, image_latents, dit_caller=cache, **loop_options)
         result.update(step_cache_threshold=args.step_cache, step_cache_loop_s=round(time.perf_counter() - t0, 4),
                       step_cache_dit_calls=cache.calls,
                       step_cache_call_reduction=round(caller.calls / max(cache.calls, 1), 3),

@@ -116,9 +116,10 @@ def sample(model, positive_context: torch.Tensor, negative_context: Optional[tor
         for i, t in enumerate(timesteps):
             scale = guidance_scale_at(guidance_scale, int(t), steps, dynamic_cfg) if use_cfg else 1.0
             rows = CONDITIONAL_ROW if use_cfg and skip_unit_guidance and guidance_is_identity(scale) else ALL_ROWS
-            n = contexts[rows].shape[0]
+            context = contexts[rows]
+            n = context.shape[0]
             x = torch.cat([latents.to(dtype).expand(n, -1, -1, -1, -1), image_in[rows]], dim=2)
-            pred = caller(x, contexts[rows], t.expand(n).to(device), rope, i, len(timesteps), rows=rows).float()
+            pred = caller(x, context, t.expand(n).to(device), rope, i, len(timesteps), rows=rows).float()
             if use_cfg and rows == ALL_ROWS:
                 uncond, cond = pred.chunk(2)
                 pred = combine_guidance(uncond, cond, scale)
