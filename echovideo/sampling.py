@@ -55,9 +55,13 @@ class DiTCaller:
         self.calls = 0
         self.cond_only_calls = 0
 
-    def __call__(self, x, context, timestep, rope, step_index, num_steps, rows: slice = ALL_ROWS):
+    def count(self, rows: slice) -> None:
+        """Counts one DiT evaluation of `rows`."""
         self.calls += 1
         self.cond_only_calls += rows != ALL_ROWS
+
+    def __call__(self, x, context, timestep, rope, step_index, num_steps, rows: slice = ALL_ROWS):
+        self.count(rows)
         return self.model(x, context, timestep, rope)
 
 

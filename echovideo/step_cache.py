@@ -49,8 +49,7 @@ class StepCache(DiTCaller):
         if rows != ALL_ROWS:
             # a step that needs only some rows (guidance scale 1): evaluated in full; the cached residual stays
             # the whole batch's, and the input change keeps adding up since it
-            self.calls += 1
-            self.cond_only_calls += 1
+            self.count(rows)
             x_out, ctx_out = model.run_blocks(x, ctx, temb, rope)
             return model.head(x_out, ctx_out, temb, hidden_states.shape)
         estimate = None if self._rate is None else self._rate * self._input_change
@@ -61,7 +60,7 @@ class StepCache(DiTCaller):
             self.estimates.append((step_index, estimate))
             residual, ctx_residual = self._last
             return model.head(x + residual, ctx + ctx_residual, temb, hidden_states.shape)
-        self.calls += 1
+        self.count(rows)
         x_out, ctx_out = model.run_blocks(x, ctx, temb, rope)
         residual = x_out - x
         if self._last is not None and self._input_change > 0:
