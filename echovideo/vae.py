@@ -1,5 +1,6 @@
 """CogVideoX VAE: face-frame latents (encode) and video decode with tiling and frame batching."""
 import contextlib
+import math
 from typing import Callable, Optional
 
 import numpy as np
@@ -176,6 +177,31 @@ def check_tile_size(tile_size) -> None:
           TILE_SIZE_RULE)
 
 
+def floats_near(x: float, ulps: int):
+    """x, then the floats 1, -1, 2, -2, ... ulps away from it."""
+    yield x
+    up = down = x
+    for _ in range(ulps):
+        up, down = math.nextafter(up, math.inf), math.nextafter(down, -math.inf)
+        yield up
+        yield down
+
+
+def tile_overlap_factor(tile_size: int, scale: int, overlap: float) -> float:
+    """The overlap factor diffusers' tiled decode gets: whole latents of overlap, nearest to `overlap` of the tile,
+    written as a float with which the decoder's latent stride (int(tile_latents * (1 - f))) and the pixels it
+    keeps per tile (tile_size - int(tile_size * f)) agree. Only o / tile_latents, give or take rounding, does;
+    for some sizes (e.g. 560) no float near it does, and the next whole overlap is used."""
+    tile_latent = tile_size // scale
+    target = max(1, round(tile_latent * overlap))
+    for overlap_latents in sorted(range(1, tile_latent), key=lambda o: (abs(o - target), o)):
+        for factor in floats_near(overlap_latents / tile_latent, ulps=4):
+            if int(tile_latent * (1 - factor)) == tile_latent - overlap_latents \
+                    and tile_size - int(tile_size * factor) == (tile_latent - overlap_latents) * scale:
+                return factor
+    raise ValueError(f"tile_size {tile_size}: no overlap factor keeps the tiled decode's stride whole")
+
+
 def configure_tiling(vae, tiling: bool, tile_size: Optional[int] = None, overlap: float = 1 / 6) -> None:
     """Spatial tiling, every value set explicitly (diffusers' enable_tiling() keeps earlier values, and the VAE
     object is shared between nodes and runs). tile_size: pixels per tile side (multiple of 16, >= 64; None =
@@ -189,12 +215,7 @@ def configure_tiling(vae, tiling: bool, tile_size: Optional[int] = None, overlap
         return
     check_tile_size(tile_size)
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    tile_latent = tile_size // scale
-    overlap_latents = max(1, round(tile_latent * overlap))
-    factor = overlap_latents / tile_latent
-    while int(tile_latent * (1 - factor)) != tile_latent - overlap_latents \
-            or tile_size - int(tile_size * factor) != (tile_latent - overlap_latents) * scale:
-        factor += 1e-9
+    factor = tile_overlap_factor(tile_size, scale, overlap)
     vae.enable_tiling(tile_sample_min_height=tile_size, tile_sample_min_width=tile_size,
                       tile_overlap_factor_height=factor, tile_overlap_factor_width=factor)
 

@@ -29,6 +29,26 @@ def test_tiled_decode_same_size_close_to_untiled(vae, tile_size, bound):
     assert err < bound
 
 
+def test_every_tile_size_gets_a_whole_latent_overlap():
+    """For each tile size the node accepts, the decoder's latent stride and its kept pixels agree (diffusers'
+    formulas), with an overlap within one latent of a sixth; 560, 1040, 1088 and 1904 once looped forever."""
+    for tile_size in range(64, 2049, 16):
+        factor = vae_lib.tile_overlap_factor(tile_size, 8, 1 / 6)
+        tile_latents = tile_size // 8
+        stride = int(tile_latents * (1 - factor))
+        kept = tile_size - int(tile_size * factor)
+        assert kept == stride * 8, tile_size
+        assert abs((tile_latents - stride) - tile_latents / 6) <= 1.5, tile_size
+
+
+def test_tile_size_without_an_exact_overlap_float_decodes_full_size(vae):
+    z = torch.randn(1, 1, 4, 72, 80, generator=torch.Generator().manual_seed(0))
+    full = vae_lib.decode_raw(vae, z, tiling=False)
+    tiled = vae_lib.decode_raw(vae, z, tiling=True, tile_size=560)  # 12 of 70 latents: no float fits; 11 used
+    assert tiled.shape == full.shape == (1, 3, 1, 576, 640)
+    assert ((tiled - full).abs().max() / full.abs().max()).item() < 0.02  # seen 0.3%
+
+
 def test_progress_counts_every_decoder_chunk(vae):
     seen = []
     z = torch.randn(1, 5, 4, 16, 24)
