@@ -196,7 +196,7 @@ class EchoVideoTransformer(nn.Module):
         """IITF: run once per prompt and guidance branch; the result is `context` for forward."""
         return fuse_identity(self, self.config, text_embeds, face_tokens, id_embedding)
 
-    def check_inputs(self, hidden_states, context, timestep):
+    def check_inputs(self, hidden_states, context, timestep, rope=None):
         c = self.config
         check(hidden_states.dim() == 5 and hidden_states.shape[2] == c.in_channels
               and hidden_states.shape[3] % c.patch_size == 0 and hidden_states.shape[4] % c.patch_size == 0,
@@ -206,6 +206,12 @@ class EchoVideoTransformer(nn.Module):
         check(context.dim() == 3 and context.shape[0] == b and context.shape[2] == c.text_embed_dim,
               "context", tuple(context.shape), f"[{b}, tokens, {c.text_embed_dim}] (the IITF-fused context)")
         check(timestep.dim() == 1 and timestep.shape[0] == b, "timestep", tuple(timestep.shape), f"[{b}]")
+        if rope is not None:
+            _, f, _, h, w = hidden_states.shape
+            want = (f * (h // c.patch_size) * (w // c.patch_size), c.attention_head_dim)
+            check(len(rope) == 2 and all(tuple(r.shape) == want for r in rope), "rope",
+                  [tuple(r.shape) for r in rope], f"(cos, sin), each {want}: rotary_embedding_for_video for this "
+                  "video's size and frame count")
 
     def embed(self, hidden_states, context, timestep):
         """Timestep embedding and patch embedding: (video tokens, context tokens, temb)."""
@@ -223,10 +229,13 @@ class EchoVideoTransformer(nn.Module):
         if rope is not None and not torch.compiler.is_compiling():
             rope = (rope[0], rope[1], pair_rotation(rope[0], rope[1]))  # once for all blocks
         for i, block in enumerate(self.transformer_blocks):
-            if hook is not None:
-                hook.before(i, block)
-            tokens = block(tokens, n_ctx, temb, rope, self.attention)
-            if hook is not None:
+            if hook is None:
+                tokens = block(tokens, n_ctx, temb, rope, self.attention)
+                continue
+            hook.before(i, block)
+            try:  # a failing block (e.g. out of memory) still gives a swapped block's weights back
+                tokens = block(tokens, n_ctx, temb, rope, self.attention)
+            finally:
                 hook.after(i, block)
         return tokens[:, n_ctx:], tokens[:, :n_ctx]
 
@@ -252,7 +261,7 @@ class EchoVideoTransformer(nn.Module):
         return x.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
 
     def forward(self, hidden_states, context, timestep, rope: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
-        self.check_inputs(hidden_states, context, timestep)
+        self.check_inputs(hidden_states, context, timestep, rope)
         x, ctx, temb = self.embed(hidden_states, context, timestep)
         x, ctx = self.run_blocks(x, ctx, temb, rope)
         return self.head(x, ctx, temb, hidden_states.shape)

@@ -299,6 +299,18 @@ def test_forward_refuses_bad_shapes(dit):
         dit(torch.zeros(1, 2, 8, 8, 8), ctx.expand(2, -1, -1), torch.zeros(1))
 
 
+def test_forward_refuses_a_rope_of_another_size(dit):
+    """A RoPE built for another video size fails before the blocks, naming rope and how to build it."""
+    c = dit.config
+    x, ctx = torch.zeros(1, 2, c.in_channels, 8, 8), torch.zeros(1, P.text_len, P.text_dim)
+    own = rotary_embedding_for_video(c.attention_head_dim, c.patch_size, 64, 64, 5)
+    assert dit(x, ctx, torch.zeros(1), own).shape[:2] == (1, 2)
+    other = rotary_embedding_for_video(c.attention_head_dim, c.patch_size, 128, 128, 5)
+    with pytest.raises(EchoVideoInputError, match=r"^rope: got \[\(128, 16\), \(128, 16\)\], needs \(cos, sin\), "
+                                                   r"each \(32, 16\): rotary_embedding_for_video"):
+        dit(x, ctx, torch.zeros(1), other)
+
+
 def test_step_cache_signal_is_the_video_part(dit):
     """modulated_video_input: block 0's modulated tokens of the video only (one per patch)."""
     x = torch.randn(1, 2, 8, 8, 8)

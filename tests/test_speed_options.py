@@ -445,6 +445,26 @@ def test_block_swap_moves_only_the_swapped_blocks_around_their_call():
     assert all(p.device.type == "cpu" for p in last.parameters())
 
 
+def test_block_swap_gives_the_weights_back_when_a_swapped_block_fails():
+    """A block that raises (e.g. out of memory) still has its compute-device copies dropped: the swapped block
+    points at its CPU weights again, so a failed run holds no extra VRAM."""
+    model = tiny.tiny_dit(tiny.PRESETS["shared"])
+    n = len(model.transformer_blocks)
+    enable_block_swap(model, blocks_on_offload=1, device="meta", offload_device="cpu")
+    last = model.transformer_blocks[n - 1]
+
+    def fail(module, args):
+        raise RuntimeError("out of memory (simulated)")
+
+    handle = last.ff.register_forward_pre_hook(fail)
+    c = model.config
+    x = torch.randn(1, 2, c.in_channels, 8, 8, device="meta")
+    with pytest.raises(RuntimeError, match="simulated"):
+        model(x, torch.randn(1, 16, c.text_embed_dim, device="meta"), torch.tensor([500.0], device="meta"))
+    handle.remove()
+    assert {p.device.type for p in last.parameters()} == {"cpu"}
+
+
 # --- mutation sweep (speed options): block swap bounds, step-cache arithmetic, compile bookkeeping, upcast ops,
 # attention backends, tiny models ---
 
