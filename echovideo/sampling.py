@@ -72,7 +72,8 @@ def sample(model, positive_context: torch.Tensor, negative_context: Optional[tor
            scheduler_config: Optional[dict] = None, dtype: Optional[torch.dtype] = None,
            dit_caller: Optional[DiTCaller] = None, generator: Optional[torch.Generator] = None,
            device: Optional[torch.device] = None, skip_unit_guidance: bool = True) -> torch.Tensor:
-    """Denoised latents [1, F, C, h, w] (float32).
+    """Denoised latents [1, F, C, h, w] (float32 holding float16 values: the reference casts its final latents to
+    float16, so its frames decode from those).
 
     positive_context / negative_context: IITF-fused contexts [1, L, D] (negative: negative prompt,
     zero ArcFace embedding, SigLIP tokens of a black image). image_latents: face-frame latents
@@ -133,4 +134,5 @@ def sample(model, positive_context: torch.Tensor, negative_context: Optional[tor
             latents = latents.float()
             if callback is not None:
                 callback(i + 1, len(timesteps), old_pred_original)
-    return latents.clone()  # a normal tensor again, usable (and changeable in place) outside inference mode
+    # float16 as the reference ends (also a normal tensor again, usable and changeable outside inference mode)
+    return latents.half().float()
