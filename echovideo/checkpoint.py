@@ -144,15 +144,18 @@ def read_config_and_weights(path: str, what: str, default_config: Optional[dict]
     return (config if config is not None else default_config), load_file(path)
 
 
-def load_state_dict(path: str, dtype: Optional[torch.dtype] = None, device="cpu") -> Dict[str, torch.Tensor]:
-    """The weights (prefixes stripped), each converted to `dtype` as it is read: one copy in memory."""
+def load_state_dict(path: str, dtype: Optional[torch.dtype] = None, device="cpu",
+                    keep_unquantized: bool = False) -> Dict[str, torch.Tensor]:
+    """The weights (prefixes stripped), each converted to `dtype` as it is read: one copy in memory.
+    keep_unquantized: tensors the file does not store in fp8 stay as stored (an fp8 file's bf16 norms and biases)."""
     files, _ = _weight_files(path)
     state = {}
     for file in files:
         with safe_open(file, "pt", device=str(device) if device != "meta" else "cpu") as f:
             for key in f.keys():
                 t = f.get_tensor(key)
-                state[_strip(key)] = t if dtype is None else _convert(t, dtype)
+                keep = dtype is None or (keep_unquantized and not is_fp8(t.dtype))
+                state[_strip(key)] = t if keep else _convert(t, dtype)
     return state
 
 
@@ -178,7 +181,8 @@ def load_transformer(path: str, weight_dtype: Optional[torch.dtype] = None,
                      compute_dtype: Optional[torch.dtype] = None, operations=None, device="cpu",
                      attention="sdpa") -> EchoVideoTransformer:
     """Loads the DiT. weight_dtype: storage dtype (None = as stored; a file mixing dtypes: the one most weights
-    are stored in; fp8 keeps fp8 and upcasts per layer).
+    are stored in, except that an fp8 file's norms and biases stored beside it in bf16 or fp32 stay so; fp8
+    upcasts per layer).
     compute_dtype: the dtype activations run in (default from the weights: fp32, fp16, else bf16)."""
     layout, config_dict = read_header(path)
     try:
@@ -188,13 +192,15 @@ def load_transformer(path: str, weight_dtype: Optional[torch.dtype] = None,
     problem = diagnose({k: v[0] for k, v in layout.items()}, expected_layout(config))
     if problem:
         raise CheckpointError(f"{path}: does not match the EchoVideo transformer: {problem}")
-    if weight_dtype is None:
+    as_stored = weight_dtype is None
+    if as_stored:
         weight_dtype = main_stored_dtype(layout)
     compute_dtype = compute_dtype or default_compute_dtype(weight_dtype)
     ops = operations or operations_for(weight_dtype, compute_dtype)
     with torch.device("meta"):
         model = EchoVideoTransformer(config, operations=ops, attention=attention)
-    state = load_state_dict(path, dtype=weight_dtype, device="cpu")
+    # per-layer upcasts take each tensor in its own dtype: an fp8 file's higher-precision tensors need no rounding
+    state = load_state_dict(path, dtype=weight_dtype, device="cpu", keep_unquantized=as_stored and is_fp8(weight_dtype))
     model.load_state_dict(state, strict=True, assign=True)
     model.compute_dtype = compute_dtype
     model.weight_dtype = weight_dtype
