@@ -12,6 +12,7 @@ import time
 import torch
 
 from .errors import EchoVideoInputError
+from .sampling import RELEASED_SCHEDULER_CONFIG
 from .step_cache import DEFAULT_THRESHOLD
 from .video import check_video_size
 
@@ -37,7 +38,9 @@ def check_size_options(ap, width, height, frames):
 
 def check_shared_options(ap, args):
     """Options the CLI and benchmarks/bench_sampling.py share (None: not given)."""
-    require(ap, args.steps is None or args.steps >= 1, "--steps", args.steps, "at least 1")
+    max_steps = RELEASED_SCHEDULER_CONFIG["num_train_timesteps"]
+    require(ap, args.steps is None or 1 <= args.steps <= max_steps, "--steps", args.steps,
+            f"at least 1 and at most {max_steps} (the scheduler's training timesteps)")
     require(ap, args.step_cache is None or 0.0 <= args.step_cache <= STEP_CACHE_MAX, "--step-cache",
             args.step_cache, f"a threshold from 0 to {STEP_CACHE_MAX} (default {DEFAULT_THRESHOLD})")
 

@@ -98,6 +98,7 @@ def test_valid_options_reach_the_model_paths(tmp_path):
     ("--fps", "0", "at least 1"), ("--out", "x.avi", ".mp4, .webp, .gif"),
     ("--cfg", "-3", "1.0 turns guidance off"), ("--cfg", "0.5", "at least 1.0"), ("--cfg", "nan", "at least 1.0"),
     ("--step-cache", "-1", "from 0 to 1"), ("--step-cache", "1.5", "from 0 to 1"), ("--steps", "0", "at least 1"),
+    ("--steps", "1001", "at most 1000"),
     ("--device", "cdua", "torch device"), ("--device", "cuda:99", "CUDA devices"),
     ("--frames", "10", "8k+1"), ("--frames", "0", "8k+1"), ("--frames", "13", "so 13 would come out as 16 frames"),
     ("--width", "100", "multiple of 16"),
