@@ -20,7 +20,7 @@ def named_errors(node: str, path: str, what: str = "this model"):
 
     from safetensors import SafetensorError
 
-    from echovideo.errors import OUT_OF_MEMORY, CheckpointError, EchoVideoInputError
+    from echovideo.errors import OUT_OF_MEMORY, CheckpointError, EchoVideoInputError, is_host_out_of_memory
 
     name = os.path.basename(path.rstrip(os.sep))
 
@@ -34,6 +34,10 @@ def named_errors(node: str, path: str, what: str = "this model"):
         except (TypeError, KeyError, RuntimeError, ValueError, SafetensorError) as e:
             if isinstance(e, OUT_OF_MEMORY):
                 raise
+            if is_host_out_of_memory(e):
+                raise MemoryError(f"{node}: not enough RAM to load {name} ({e}). Close other programs or unload "
+                                  "other models, or pick a smaller file or weight dtype (fp8 for the transformer)."
+                                  ) from e
             raise ValueError(f"{node}: {name} could not be loaded as {what} ({type(e).__name__}: {e}); "
                              f"is it the right file, completely downloaded? -- {bridge.README_HINT}") from e
     return ctx()

@@ -361,6 +361,11 @@ def test_loader_options_reach_the_models(env, monkeypatch):
     with pytest.raises(ValueError, match="Model Loader: x.safetensors could not be loaded .*RuntimeError: boom"):
         with mn.named_errors("EchoVideo Model Loader", "/models/x.safetensors", "an EchoVideo transformer"):
             raise RuntimeError("boom")
+    cpu_oom = ("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+               "allocate 11231711232 bytes. Error code 12 (Cannot allocate memory)")
+    with pytest.raises(MemoryError, match="^EchoVideo Model Loader: not enough RAM to load x.safetensors .*fp8"):
+        with mn.named_errors("EchoVideo Model Loader", "/models/x.safetensors", "an EchoVideo transformer"):
+            raise RuntimeError(cpu_oom)
 
 
 def _sample_with(model, out, seed=3):
