@@ -184,6 +184,12 @@ class IITFFusion(io.ComfyNode):
                 raise ValueError(f"EchoVideo IITF Fusion: {name} text embeddings are {tuple(t.shape)}, the model "
                                  f"needs [1, {cfg.max_text_seq_length}, {cfg.text_embed_dim}]: use the T5-XXL "
                                  "text encoder (4096 dims) with EchoVideo Text Encode")
+        want = (1, cfg.face_seq_length, cfg.face_embed_dim)
+        if tuple(identity.face_tokens.shape) != want:
+            raise ValueError(f"EchoVideo IITF Fusion: identity's SigLIP face tokens are "
+                             f"{tuple(identity.face_tokens.shape)}, the model needs {list(want)}: pick "
+                             "siglip-base-patch16-224 (google/siglip-base-patch16-224, the SigLIP EchoVideo was "
+                             "trained with) in EchoVideo Face Encoder Loader")
         bridge.load_gpu(model.patcher)
         neg_tokens = identity.extra.get("negative_face_tokens")
         fused = fuse_conditioning(model.model, text.positive, text.negative, identity.face_tokens, neg_tokens,

@@ -499,6 +499,25 @@ def test_text_width_mismatch_is_clear(env):
         comfy_env.run_node(fn.IITFFusion, model=model, text=text, identity=None)
 
 
+def test_face_tokens_of_another_siglip_are_clear(env):
+    """A SigLIP of another size (e.g. a 384-pixel one) makes other face tokens: IITF Fusion names the input and
+    the SigLIP to pick, before any work."""
+    from types import SimpleNamespace
+
+    fn = comfy_env.pack_module("nodes.face_nodes")
+    mn = comfy_env.pack_module("nodes.model_nodes")
+    (model,) = comfy_env.run_node(mn.ModelLoader, model_name="echo_tiny.safetensors")
+    c = model.config
+    text = SimpleNamespace(positive=torch.zeros(1, c.max_text_seq_length, c.text_embed_dim),
+                           negative=torch.zeros(1, c.max_text_seq_length, c.text_embed_dim))
+    identity = SimpleNamespace(face_tokens=torch.zeros(1, c.face_seq_length * 4, c.face_embed_dim), extra={},
+                               id_embedding=torch.zeros(1, 512))
+    with pytest.raises(ValueError, match=r"^EchoVideo IITF Fusion: identity's SigLIP face tokens are \(1, %d, %d\), "
+                                         r"the model needs \[1, %d, %d\]: pick siglip-base-patch16-224"
+                                         % (c.face_seq_length * 4, c.face_embed_dim, c.face_seq_length, c.face_embed_dim)):
+        comfy_env.run_node(fn.IITFFusion, model=model, text=text, identity=identity)
+
+
 def test_gpu_face_models_freed_after_face_encode(env, monkeypatch):
     """Face models on a GPU sit outside ComfyUI's memory accounting: Face Encode frees them after use (CPU ones
     stay cached). Simulated on the CPU: the bundle says cuda, the loaded set is the CPU one."""
