@@ -355,6 +355,20 @@ def may_load_partially(patcher) -> bool:
     return has_cast_layers(patcher) and getattr(unwrap(patcher), "compiled_with", None) is None
 
 
+def check_compiled_fits(patcher, memory_required: int) -> None:
+    """A compiled DiT loads whole (may_load_partially): refuse, before loading, one whose weights and work
+    cannot fit on the GPU even with every other model unloaded, instead of running out of memory in the Sampler."""
+    device = patcher.load_device
+    if device.type == "cpu" or device == patcher.offload_device or mm.directml_enabled:
+        return
+    need, total = patcher.model_size() + memory_required, mm.get_total_memory(device)
+    if need > total:
+        raise ValueError(f"EchoVideo Sampler: a torch.compiled DiT loads whole, and its "
+                         f"{patcher.model_size() / 2 ** 30:.1f} GiB of weights and {memory_required / 2 ** 30:.1f} "
+                         f"GiB of work exceed the {total / 2 ** 30:.1f} GiB of {device}: remove EchoVideo Compile "
+                         "Settings (ComfyUI then streams the weights), or pick fp8 weights in the Model Loader")
+
+
 def load_gpu(patchers, memory_required: int = 0) -> None:
     """Load patchers to their load device (offloading other models as needed), fully unless
     may_load_partially."""
@@ -363,6 +377,8 @@ def load_gpu(patchers, memory_required: int = 0) -> None:
     partial, full = [], []
     for p in patchers:
         (partial if may_load_partially(p) else full).append(p)
+        if has_cast_layers(p) and not may_load_partially(p):
+            check_compiled_fits(p, memory_required)
     if full:
         mm.load_models_gpu(full, memory_required=memory_required, force_full_load=True)
     if partial:

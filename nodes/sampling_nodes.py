@@ -143,7 +143,7 @@ class Sampler(io.ComfyNode):
         use_cfg = cfg > 1.0
         lat = image_latents.latents
         _, frames, _, h, w = lat.shape
-        set_block_compile(dit, model.compile)  # before loading: a compiled DiT loads fully (checked by the node)
+        set_block_compile(dit, model.compile)  # before loading: a compiled DiT loads whole
         cache = getattr(model, "step_cache", None)
         bridge.load_gpu(model.patcher, memory_required=sampling_memory_bytes(
             dit.config, frames, h, w, batch=2 if use_cfg else 1, dtype=model.compute_dtype,

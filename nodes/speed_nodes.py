@@ -53,7 +53,8 @@ class CompileSettingsNode(io.ComfyNode):
             description="torch.compile for the EchoVideo Sampler fed by this node's output: compiles the repeated "
                         "DiT block (one graph shared by all blocks), not the whole model. The first run compiles "
                         "(slow, minutes); later runs at the same size are faster. Changing these options does not "
-                        "reload the model. inductor needs a working Triton on GPU, or a C++ compiler on CPU.",
+                        "reload the model. inductor needs a working Triton on GPU, or a C++ compiler on CPU. A "
+                        "compiled DiT loads whole onto the GPU (no low-VRAM weight streaming): for when it fits.",
             inputs=[
                 Model.Input("model", tooltip="EchoVideo Model Loader (or Step Cache) output."),
                 io.Combo.Input("backend", options=BACKENDS, default="inductor",

@@ -180,6 +180,30 @@ def test_only_comfy_ops_models_load_partially(bridge, monkeypatch):
     assert calls == [(["Sequential"], True, 7)]
 
 
+def test_compiled_dit_that_cannot_fit_whole_is_refused_before_loading(bridge, monkeypatch):
+    """A compiled DiT loads whole: one whose weights and work exceed the GPU is refused with what to change,
+    before ComfyUI is asked to load it; one that fits loads."""
+    import comfy.model_management as mm
+
+    GiB = 2 ** 30
+    calls = []
+    monkeypatch.setattr(mm, "load_models_gpu", lambda models, **kw: calls.append(kw.get("force_full_load")))
+    monkeypatch.setattr(mm, "get_total_memory", lambda dev=None, torch_total_too=False: 16 * GiB)
+    ops = bridge.operations(torch.float32, torch.float32, torch.device("cpu"))
+    dit = bridge.wrap(torch.nn.Sequential(ops.Linear(2, 2)), size=12 * GiB)
+    dit.load_device = torch.device("cuda", 0)
+    bridge.unwrap(dit).compiled_with = "inductor"
+    bridge.load_gpu(dit, memory_required=4 * GiB)  # 12 + 4 <= 16
+    assert calls == [True]
+    with pytest.raises(ValueError, match=r"compiled DiT loads whole, and its 12.0 GiB of weights and 4.5 GiB of work "
+                                         r"exceed the 16.0 GiB of cuda:0: remove EchoVideo Compile Settings"):
+        bridge.load_gpu(dit, memory_required=int(4.5 * GiB))
+    assert calls == [True]
+    bridge.unwrap(dit).compiled_with = None  # uncompiled, it streams: no check
+    bridge.load_gpu(dit, memory_required=int(4.5 * GiB))
+    assert calls == [True, None]
+
+
 def test_plain_model_too_big_for_the_gpu_runs_on_its_offload_device(bridge, monkeypatch, caplog):
     """A plain-torch model (T5, SigLIP, VAE) whose weights cannot fit whole on the GPU beside ComfyUI's work
     reserve, or any under --novram, is set at wrap time to run where it is offloaded (it never goes to the
