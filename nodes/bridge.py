@@ -114,7 +114,11 @@ def missing_pack_models(exclude: Iterable[str] = ()) -> List[str]:
     exclude = set(exclude)
     missing = [f"{what} (models/{name})" for name, what in PACK_MODEL_FOLDERS
                if name not in exclude and not model_entries(name)]
-    root, fdir = face_model_dirs()
+    try:
+        root, fdir = face_model_dirs()
+    except ImportError as e:  # e.g. opencv missing after a failed requirements install: still name the rest
+        missing.append(f"the face pipeline's Python packages ({e}; install the pack's requirements.txt)")
+        return missing
     if root is None and "insightface" not in exclude:
         missing.append("insightface antelopev2 (models/insightface/models/antelopev2)")
     if fdir is None and "facexlib" not in exclude:

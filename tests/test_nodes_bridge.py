@@ -372,3 +372,19 @@ def test_latent_preview_shows_the_middle_frame(bridge):
     colour = [round((1 + 2.0 * f) / 2 * 255) for f in COGVIDEOX_LATENT_RGB_FACTORS[11]]
     assert img[:4, :4].reshape(-1, 3).tolist() == [colour] * 16
     assert set(map(tuple, img[4:].reshape(-1, 3).tolist())) == {(128, 128, 128)}  # a zero latent is mid-grey
+
+
+def test_missing_model_error_survives_a_missing_face_package(bridge, monkeypatch):
+    """Without opencv (a failed requirements install), a loader's file-not-found error still names the folders
+    searched and the other missing models, and says which package the face pipeline lacks."""
+    def no_cv2():
+        raise ImportError("No module named 'cv2'")
+
+    monkeypatch.setattr(bridge, "face_model_dirs", no_cv2)
+    monkeypatch.setattr(bridge, "model_entries", lambda folder: [])
+    with pytest.raises(FileNotFoundError) as e:
+        bridge.resolve("diffusion_models", "echo.safetensors")
+    msg = str(e.value)
+    assert "model 'echo.safetensors' not found in the 'diffusion_models' folders" in msg, msg
+    assert "the CogVideoX VAE (models/vae)" in msg
+    assert "the face pipeline's Python packages (No module named 'cv2'; install the pack's requirements.txt)" in msg
