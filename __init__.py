@@ -9,8 +9,14 @@ if _HERE not in sys.path:
 
 try:
     from .nodes import bridge
-except ImportError:  # imported outside ComfyUI (e.g. by a test collector)
+except ImportError as error:  # outside ComfyUI (e.g. a test collector); inside it, an old ComfyUI or a missing package
     bridge = None
+    if "comfy" in sys.modules:
+        import logging
+
+        logging.getLogger("EchoVideo").warning(
+            "ComfyUI-EchoVideo is not loaded: %s. It needs ComfyUI 0.3.64 or newer (comfy_api.latest) and the "
+            "packages of its requirements.txt.", error)
 
 if bridge is not None:
     from .nodes import node_list

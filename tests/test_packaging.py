@@ -48,3 +48,27 @@ def test_readme_memory_tables_are_the_memory_plan_output(capsys):
     readme = (ROOT / "README.md").read_text().splitlines()
     assert len(rows) == 5 + 2 + 5 + 2 + 4 + 2
     assert [r for r in rows if r not in readme] == []
+
+
+def test_pack_inside_a_comfyui_without_the_v3_api_says_why_it_is_not_loaded():
+    """Inside a ComfyUI too old for comfy_api.latest, the pack logs why it registers no nodes (ComfyUI itself
+    only says the module lacks its mappings); imported outside ComfyUI it stays quiet."""
+    import subprocess
+    import sys
+
+    script = (
+        "import importlib.util, sys, types\n"
+        "if sys.argv[1] == 'inside': sys.modules['comfy'] = types.ModuleType('comfy')  # no comfy_api beside it\n"
+        f"spec = importlib.util.spec_from_file_location('echovideo_pack', {str(ROOT / '__init__.py')!r}, "
+        f"submodule_search_locations=[{str(ROOT)!r}])\n"
+        "mod = importlib.util.module_from_spec(spec); sys.modules['echovideo_pack'] = mod\n"
+        "spec.loader.exec_module(mod)\n"
+        "print('entrypoint' if hasattr(mod, 'comfy_entrypoint') else 'no entrypoint')\n")
+    inside = subprocess.run([sys.executable, "-c", script, "inside"], capture_output=True, text=True, timeout=120)
+    assert inside.returncode == 0, inside.stderr
+    assert inside.stdout.strip() == "no entrypoint"
+    assert "ComfyUI-EchoVideo is not loaded: No module named 'comfy" in inside.stderr, inside.stderr
+    assert "needs ComfyUI 0.3.64 or newer" in inside.stderr
+    outside = subprocess.run([sys.executable, "-c", script, "outside"], capture_output=True, text=True, timeout=120)
+    assert outside.returncode == 0 and outside.stdout.strip() == "no entrypoint"
+    assert "not loaded" not in outside.stderr, outside.stderr
