@@ -22,8 +22,9 @@ def siglip_pixel_values(face_uint8: np.ndarray, image_size: int) -> torch.Tensor
 def build_siglip(vision_config: dict, dtype=torch.float32, device="cpu"):
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
+    # a config saved with only its non-default values names its type and leaves the rest to transformers
     needed = [k for k in ("hidden_size", "image_size", "patch_size") if k not in vision_config]
-    if needed:
+    if needed and vision_config.get("model_type") != "siglip_vision_model":
         raise CheckpointError(f"the config is not a SigLIP vision config (no {', '.join(needed)}); "
                               "use google/siglip-base-patch16-224")
     config = SiglipVisionConfig(**{k: v for k, v in vision_config.items() if not k.startswith("_")})

@@ -374,6 +374,15 @@ def test_build_siglip_refuses_a_non_vision_config():
         siglip.build_siglip({"hidden_size": 768})
 
 
+def test_build_siglip_takes_a_config_saved_with_only_its_non_default_values():
+    """A SigLIP vision config that names its type and leaves the base model's values out (as transformers saves
+    non-default values only) builds the base model: 224 pixels, patches of 16, width 768."""
+    with torch.device("meta"):
+        model = siglip.build_siglip({"model_type": "siglip_vision_model", "num_hidden_layers": 1}, device="meta")
+    c = model.config
+    assert (c.image_size, c.patch_size, c.hidden_size, c.num_hidden_layers) == (224, 16, 768, 1)
+
+
 def test_load_siglip_state_without_vision_keys_reports_everything_missing():
     model = tiny.tiny_siglip(P)
     state = {k: v for k, v in model.state_dict().items()}
