@@ -1,6 +1,7 @@
 """The sampling loop: CogVideoXDPMScheduler (v-prediction), CFG batched [unconditional, conditional],
 dynamic CFG, one seeded CPU generator for the initial noise and every scheduler draw."""
 import math
+import numbers
 from typing import Callable, Optional
 
 import torch
@@ -82,7 +83,9 @@ def sample(model, positive_context: torch.Tensor, negative_context: Optional[tor
     device: where the loop runs (default: the first weight's device; pass it when weights are partially
     offloaded). dtype: the activations' dtype (default: the model's compute dtype)."""
     cfg = model.config
-    check(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer >= 1")
+    check(isinstance(steps, numbers.Integral) and not isinstance(steps, bool) and steps >= 1, "steps", steps,
+          "an integer >= 1")
+    steps = int(steps)
     check(isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale), "guidance_scale",
           guidance_scale, "a finite number (<= 1 turns guidance off)")
     check(image_latents.dim() == 5 and image_latents.shape[0] == 1 and image_latents.shape[2] == cfg.out_channels

@@ -22,7 +22,8 @@ def math_attention(q, k, v):
 
 
 @pytest.mark.golden
-def test_pluggable_attention_backend_matches_golden(golden):
+def test_pluggable_attention_backend_matches_golden(golden, monkeypatch):
+    monkeypatch.setitem(attention._BACKENDS, "test_math", math_attention)  # gone again for later tests' dropdowns
     attention.register_attention("test_math", math_attention)
     model = build_dit(golden)
     model.set_attention("test_math")

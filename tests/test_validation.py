@@ -61,6 +61,13 @@ def test_sampler_inputs(model):
         sampling.sample(model, ctx, None, torch.zeros(1, 2, 4, 8, 8), steps=2, guidance_scale=6.0)
     with pytest.raises(EchoVideoInputError, match="steps: got 0"):
         sampling.sample(model, ctx, ctx, torch.zeros(1, 2, 4, 8, 8), steps=0)
+    for bad in (True, 2.0):
+        with pytest.raises(EchoVideoInputError, match=f"steps: got {bad}, needs an integer"):
+            sampling.sample(model, ctx, ctx, torch.zeros(1, 2, 4, 8, 8), steps=bad)
+    import numpy as np  # numpy integers (e.g. from a sweep) are integers too
+
+    assert torch.equal(sampling.sample(model, ctx, ctx, torch.zeros(1, 2, 4, 8, 8), steps=np.int64(2)),
+                       sampling.sample(model, ctx, ctx, torch.zeros(1, 2, 4, 8, 8), steps=2))
     for bad in (float("nan"), float("inf"), None):  # NaN would fail `> 1` and silently drop guidance
         with pytest.raises(EchoVideoInputError, match=f"guidance_scale: got {bad}, needs a finite number"):
             sampling.sample(model, ctx, ctx, torch.zeros(1, 2, 4, 8, 8), steps=2, guidance_scale=bad)
