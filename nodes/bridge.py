@@ -389,6 +389,14 @@ def load_gpu(patchers, memory_required: int = 0) -> None:
         mm.load_models_gpu(partial, memory_required=memory_required)
 
 
+def make_room(model_bytes: int, device) -> None:
+    """For models ComfyUI does not manage (the face models): unload managed ones until their weights and
+    ComfyUI's work reserve fit on the GPU."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        mm.free_memory(model_bytes + mm.minimum_inference_memory(), device)
+
+
 def soft_empty_cache() -> None:
     mm.soft_empty_cache()
 

@@ -1,6 +1,8 @@
 """EchoVideo Face Encoder Loader, EchoVideo Face Encode, EchoVideo IITF Fusion."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -137,6 +139,8 @@ class FaceEncode(io.ComfyNode):
             raise ValueError(f"EchoVideo Face Encode: image holds {len(photos)} photos, but one identity is made "
                              "per run: turn average_embeddings on to combine them, or connect one photo")
         paths, device = face_encoder.face_models
+        if device != "cpu":  # weights plus about as much again for the runtimes' work buffers
+            bridge.make_room(2 * sum(os.path.getsize(f) for f in paths.files if os.path.isfile(f)), device)
         models = load_face_models(paths, device)
         try:
             bridge.check_interrupt()

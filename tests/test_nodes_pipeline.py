@@ -1,4 +1,6 @@
 """The whole node chain in a real ComfyUI (in-process) on tiny random models equals echovideo.pipeline.generate."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -540,8 +542,15 @@ def test_gpu_face_models_freed_after_face_encode(env, monkeypatch):
         return load(p, "cpu")
 
     monkeypatch.setattr(face_lib, "load_face_models", load_as_if_on_gpu)
+    import comfy.model_management as mm
+
+    room = []  # managed models are unloaded first until the face models fit beside ComfyUI's work reserve
+    monkeypatch.setattr(mm, "free_memory", lambda need, device, keep_loaded=[]: room.append((need, str(device))))
     gpu = dataclasses.replace(enc, face_models=(paths, "cuda:0"))
     ident, _, _ = comfy_env.run_node(fn.FaceEncode, face_encoder=gpu, image=photo(0))
     assert requested == ["cuda:0"] and ident.id_embedding.shape == (1, 512)
+    files = sum(os.path.getsize(f) for f in paths.files)
+    assert len(paths.files) == 4 and files > 0
+    assert room == [(2 * files + mm.minimum_inference_memory(), "cuda:0")]
     monkeypatch.undo()
     assert face_lib.load_face_models(paths, "cpu") is not cpu_set  # freed after use, loaded again

@@ -60,6 +60,10 @@ class FaceModelPaths:
     def bisenet(self) -> str:
         return os.path.join(self.facexlib_folder, BISENET_FILE)
 
+    @property
+    def files(self) -> list:
+        return [self.detector, self.recognizer, self.retinaface, self.bisenet]
+
     def validate(self) -> "FaceModelPaths":
         """Raise FaceModelMissingError naming the first missing file and its folder."""
         needed = [
