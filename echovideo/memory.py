@@ -111,6 +111,7 @@ def measure_vae_decode_peak(vae, height: int, width: int, latent_frames: int, ti
     return meter.peak
 
 
-def vae_encode_bytes(height: int, width: int, act_bytes: int) -> int:
-    """Memory of encoding one height x width frame (the face frame)."""
-    return VAE_ENCODE_BYTES_PER_PIXEL * height * width * act_bytes
+def vae_encode_bytes(region_height: int, region_width: int, act_bytes: int, height: int = 0, width: int = 0) -> int:
+    """Memory of encoding one frame (the face frame) whose largest encoded region (one tile, or the frame) is this
+    size, plus the height x width frame's pixels and its tiles' latents."""
+    return VAE_ENCODE_BYTES_PER_PIXEL * region_height * region_width * act_bytes + 2 * 3 * height * width * act_bytes

@@ -151,11 +151,12 @@ def first_frame_pixels(face_uint8: np.ndarray, width: int, height: int) -> torch
 def encode_face_frame(vae, face_uint8: np.ndarray, width: int, height: int, num_frames: int,
                       dtype=torch.float32) -> torch.Tensor:
     """Image latents [1, F, C, h, w]: latent frame 0 = VAE posterior mode of the face frame times the
-    scaling factor, zeros in the other latent frames."""
+    scaling factor, zeros in the other latent frames. Encoded as the published infer.py does, with diffusers'
+    default tiling on: frames larger than half the VAE's training size (240 x 360) go in overlapping tiles."""
     check_video_size(width, height, num_frames)
     p = next(vae.parameters())
     pixels = first_frame_pixels(face_uint8, width, height).to(device=p.device, dtype=p.dtype)
-    configure_tiling(vae, False)  # the posterior of the whole frame (the golden reference's definition)
+    configure_tiling(vae, True)  # the VAE's default tiles; smaller frames (the golden file's) are encoded whole
     latent = vae.encode(pixels.unsqueeze(2)).latent_dist.mode()  # [1, C, 1, h, w]
     latent = (vae.config.scaling_factor * latent.to(dtype)).permute(0, 2, 1, 3, 4)
     rest = torch.zeros((1, latent_frames(num_frames) - 1, *latent.shape[2:]), dtype=dtype, device=latent.device)
@@ -218,6 +219,11 @@ def configure_tiling(vae, tiling: bool, tile_size: Optional[int] = None, overlap
     factor = tile_overlap_factor(tile_size, scale, overlap)
     vae.enable_tiling(tile_sample_min_height=tile_size, tile_sample_min_width=tile_size,
                       tile_overlap_factor_height=factor, tile_overlap_factor_width=factor)
+
+
+def encode_region(vae, height: int, width: int):
+    """(height, width) in pixels of the largest region one encoder pass of encode_face_frame sees."""
+    return decode_region(vae, height, width, tiling=True)
 
 
 def decode_region(vae, height: int, width: int, tiling: bool, tile_size: Optional[int] = None):

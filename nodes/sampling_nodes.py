@@ -73,7 +73,7 @@ class FaceFrameEncode(io.ComfyNode):
     @classmethod
     def execute(cls, vae, image, width, height, num_frames) -> io.NodeOutput:
         from echovideo.memory import vae_encode_bytes
-        from echovideo.vae import encode_face_frame
+        from echovideo.vae import encode_face_frame, encode_region
 
         problem = size_problem(width, height, num_frames)
         if problem:
@@ -82,7 +82,9 @@ class FaceFrameEncode(io.ComfyNode):
             raise ValueError(f"EchoVideo Face Frame Encode: image holds {image.shape[0]} images; the first latent "
                              "frame is one image: connect Face Encode's reference_image (or pick one image)")
         face = image_to_uint8(image)
-        bridge.load_gpu(vae.patcher, memory_required=vae_encode_bytes(int(height), int(width), vae.dtype.itemsize))
+        region = encode_region(vae.vae, int(height), int(width))
+        bridge.load_gpu(vae.patcher, memory_required=vae_encode_bytes(*region, vae.dtype.itemsize, int(height),
+                                                                      int(width)))
         latents = encode_face_frame(vae.vae, face, int(width), int(height), int(num_frames))
         return io.NodeOutput(ImageLatentsData(latents=latents.float().to(bridge.intermediate_device()),
                                               width=int(width), height=int(height), num_frames=int(num_frames)))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from echovideo.memory import MetaPeak, measure_vae_decode_peak, vae_decode_bytes, vae_encode_bytes
-from echovideo.vae import RELEASED_VAE_CONFIG, build_vae, configure_tiling, decode_region
+from echovideo.vae import RELEASED_VAE_CONFIG, build_vae, configure_tiling, decode_region, encode_region
 from echovideo.video import frames_decoded_from
 
 
@@ -39,13 +39,16 @@ def test_vae_decode_estimate_covers_the_measured_peak(released_vae, height, widt
     assert peak <= estimate <= 1.6 * peak
 
 
-def test_vae_encode_estimate_covers_the_measured_peak(released_vae):
-    x = torch.empty(1, 3, 1, 64, 96, device="meta")
-    configure_tiling(released_vae, False)  # as encode_face_frame: the whole frame
+@pytest.mark.parametrize("height,width", [(64, 96), (240, 360), (480, 848), (768, 1360)])
+def test_vae_encode_estimate_covers_the_measured_peak(released_vae, height, width):
+    """As encode_face_frame runs it (the VAE's default tiles): the whole frame up to 240 x 360, tiles above."""
+    x = torch.empty(1, 3, 1, height, width, device="meta")
+    configure_tiling(released_vae, True)
     meter = MetaPeak()
     with torch.no_grad(), meter:
         released_vae.encode(x).latent_dist.mode()
-    estimate = vae_encode_bytes(64, 96, 4)
+    estimate = vae_encode_bytes(*encode_region(released_vae, height, width), 4, height, width)
+    print(f"encode {height}x{width}: peak {meter.peak / 2 ** 20:.0f} MiB, estimate {estimate / 2 ** 20:.0f} MiB")
     assert meter.peak <= estimate <= 1.3 * meter.peak
 
 

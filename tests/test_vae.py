@@ -49,6 +49,27 @@ def test_tile_size_without_an_exact_overlap_float_decodes_full_size(vae):
     assert ((tiled - full).abs().max() / full.abs().max()).item() < 0.02  # seen 0.3%
 
 
+def test_face_frame_is_encoded_as_the_published_infer_py_does(vae):
+    """infer.py turns diffusers' default tiling on before generating, so a face frame above half the VAE's
+    training size (240 x 360) is encoded in blended tiles; encode_face_frame does the same (and gets there from
+    any tiling a decode left behind). Whole-frame encoding gives other latents at such sizes."""
+    face = np.random.default_rng(0).integers(0, 256, (300, 280, 3), dtype=np.uint8)
+    width, height = 400, 256
+    vae_lib.configure_tiling(vae, True, 64)  # as a decode with another tile size would leave it
+    ours = vae_lib.encode_face_frame(vae, face, width, height, 9)
+    pixels = vae_lib.first_frame_pixels(face, width, height).unsqueeze(2)
+    # diffusers 0.31's enable_tiling() defaults, written out: half the training size (480 x 720), overlaps 1/6, 1/5
+    vae.enable_tiling(tile_sample_min_height=240, tile_sample_min_width=360, tile_overlap_factor_height=1 / 6,
+                      tile_overlap_factor_width=1 / 5)
+    with torch.no_grad():
+        published = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+        vae.disable_tiling()
+        whole = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+    assert ours.shape == (1, 3, whole.shape[1], height // 8, width // 8)
+    assert torch.equal(ours[:, 0], published[:, :, 0]) and not torch.equal(ours[:, 0], whole[:, :, 0])
+    assert not ours[:, 1:].any()
+
+
 def test_progress_counts_every_decoder_chunk(vae):
     seen = []
     z = torch.randn(1, 5, 4, 16, 24)
@@ -157,8 +178,8 @@ def test_untiled_out_of_memory_retries_tiled_and_says_so(vae, monkeypatch):
 
 def test_tiling_settings_do_not_leak_between_calls():
     """The VAE object is shared (ComfyUI caches loader outputs): a decode with a custom tile size must not change
-    a later default decode, nor the face-frame encode, which always encodes the whole frame untiled (the
-    posterior mode of the frame, as the golden reference defines the image latents)."""
+    a later default decode, nor the face-frame encode, which always uses the VAE's default tiles (as the
+    published infer.py's enable_tiling())."""
     p = tiny.PRESETS["shared"]
     vae = tiny.tiny_vae(p)
     vae.config.sample_height = vae.config.sample_width = 96  # default tiles of 48 px: the 64 px encode is tiled
@@ -171,9 +192,15 @@ def test_tiling_settings_do_not_leak_between_calls():
     assert torch.equal(vae_lib.decode_raw(vae, z, tiling=True), default_frames)
     assert {k: getattr(vae, k) for k in vae_lib.default_tiling(vae)} == vae_lib.default_tiling(vae)
     assert torch.equal(vae_lib.encode_face_frame(vae, face, 64, 64, 9), before)  # after a tiled decode
-    vae.disable_tiling()
-    untiled = vae.encode(vae_lib.first_frame_pixels(face, 64, 64).unsqueeze(2)).latent_dist.mode()
-    assert torch.equal(untiled * vae.config.scaling_factor, before[:, 0].unsqueeze(2))
+    vae.enable_tiling(tile_sample_min_height=48, tile_sample_min_width=48, tile_overlap_factor_height=1 / 6,
+                      tile_overlap_factor_width=1 / 5)  # diffusers' defaults for this config: half of 96
+    pixels = vae_lib.first_frame_pixels(face, 64, 64).unsqueeze(2)
+    with torch.no_grad():
+        tiled = vae.encode(pixels).latent_dist.mode()
+        vae.disable_tiling()
+        untiled = vae.encode(pixels).latent_dist.mode()
+    assert torch.equal(tiled * vae.config.scaling_factor, before[:, 0].unsqueeze(2))
+    assert not torch.equal(untiled * vae.config.scaling_factor, before[:, 0].unsqueeze(2))
 
 
 @pytest.mark.parametrize("width, height, shape, top, left", [
