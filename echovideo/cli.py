@@ -55,11 +55,21 @@ def check_device(ap, name):
                 repr(name), f"one of the {torch.cuda.device_count()} CUDA devices here, or cpu")
 
 
-def _path(models_dir, folder, name):
-    p = name if os.path.isabs(name) else os.path.join(models_dir, folder, name)
-    if not os.path.exists(p):
-        raise SystemExit(f"error: {folder} model {name!r} not found at {p}; see the README's model table")
-    return p
+MODEL_FOLDERS = dict(t5="text_encoders", siglip="clip_vision", vae="vae", dit="diffusion_models")
+
+
+def model_paths(models_dir, args) -> dict:
+    """Each model's path (a name in its models folder, or an absolute path); every missing one in one error."""
+    paths, missing = {}, []
+    for key, folder in MODEL_FOLDERS.items():
+        name = getattr(args, key)
+        paths[key] = p = name if os.path.isabs(name) else os.path.join(models_dir, folder, name)
+        if not os.path.exists(p):
+            missing.append(f"--{key}: {folder} model {name!r} not found at {p}")
+    if missing:
+        raise SystemExit("error: " + "; ".join(missing) + ". Put the models there (see the README's model table) "
+                         "or pass --t5/--siglip/--vae/--dit NAME (in its models folder) or an absolute path")
+    return paths
 
 
 def parse_args(argv=None):
@@ -73,14 +83,14 @@ def parse_args(argv=None):
     for key, value in DEFAULTS.items():
         ap.add_argument(f"--{key}", default=value, help=f"name in its models folder (default {value})")
     ap.add_argument("--tokenizer", default=None, help="T5 tokenizer folder (default: beside the T5 weights)")
-    ap.add_argument("--width", type=int, default=848)
-    ap.add_argument("--height", type=int, default=480)
-    ap.add_argument("--frames", type=int, default=49)
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--cfg", type=float, default=6.0)
-    ap.add_argument("--no-dynamic-cfg", action="store_true")
-    ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--fps", type=int, default=16)
+    ap.add_argument("--width", type=int, default=848, help="video width in pixels, a multiple of 16 (default 848)")
+    ap.add_argument("--height", type=int, default=480, help="video height in pixels, a multiple of 16 (default 480)")
+    ap.add_argument("--frames", type=int, default=49, help="frame count, 8k+1 (1, 9, 17, ..., 49) (default 49)")
+    ap.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    ap.add_argument("--cfg", type=float, default=6.0, help="guidance scale; 1.0 turns guidance off (default 6.0)")
+    ap.add_argument("--no-dynamic-cfg", action="store_true", help="constant guidance instead of the dynamic schedule")
+    ap.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    ap.add_argument("--fps", type=int, default=16, help="frames per second of the written video (default 16)")
     ap.add_argument("--face-index", type=int, default=0,
                     help="0 = largest face (nearest the centre if only the fallback RetinaFace detector finds faces)")
     ap.add_argument("--whole-image", action="store_true", help="whole photo as the reference frame (full body)")
@@ -136,8 +146,10 @@ def generate_video(args):
     on_cpu = torch.device(args.device).type == "cpu"
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if on_cpu else torch.bfloat16)
     m = os.path.expanduser(args.models_dir)
-    paths = dict(t5=_path(m, "text_encoders", args.t5), siglip=_path(m, "clip_vision", args.siglip),
-                 vae=_path(m, "vae", args.vae), dit=_path(m, "diffusion_models", args.dit))
+    paths = model_paths(m, args)
+    tok_dir = args.tokenizer or text.find_tokenizer_beside(paths["t5"])
+    if tok_dir is None:
+        raise SystemExit(f"error: no T5 tokenizer beside {paths['t5']}; pass --tokenizer FOLDER")
     start = time.time()
 
     photo = face.load_image_file(args.image)
@@ -147,12 +159,8 @@ def generate_video(args):
     face.release_face_models()
     print(f"face: {ident.detector}, face {args.face_index} of {getattr(ident, 'face_count', '?')}")
 
-    t5_path = paths["t5"]
-    tok_dir = args.tokenizer or text.find_tokenizer_beside(t5_path)
-    if tok_dir is None:
-        raise SystemExit(f"error: no T5 tokenizer beside {t5_path}; pass --tokenizer FOLDER")
     tokenizer = text.load_tokenizer(tok_dir)
-    t5 = text.load_t5_encoder(t5_path, dtype=dtype, device=args.device)
+    t5 = text.load_t5_encoder(paths["t5"], dtype=dtype, device=args.device)
     text_pos = text.encode_prompt(t5, tokenizer, args.prompt).float()
     text_neg = text.encode_prompt(t5, tokenizer, args.negative_prompt).float()
     del t5

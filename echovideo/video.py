@@ -23,10 +23,10 @@ def _size_rules(width, height, num_frames, exact_frames):
     if not exact_frames:
         rules = [(four_k_plus_1, "num_frames", num_frames, "4k+1 frames (e.g. 9, 25, 49)")]
     elif not four_k_plus_1:
-        rules = [(False, "num_frames", num_frames, "8k+1 frames (9, 17, 25, 33, 41, 49)")]
+        rules = [(False, "num_frames", num_frames, "8k+1 frames (1, 9, 17, 25, 33, 41, 49)")]
     else:
         rules = [(decoded_frame_count(num_frames) == num_frames, "num_frames", num_frames,
-                  "8k+1 frames (9, 17, 25, 33, 41, 49): the VAE decodes latent frames in pairs, so "
+                  "8k+1 frames (1, 9, 17, 25, 33, 41, 49): the VAE decodes latent frames in pairs, so "
                   f"{num_frames} would come out as {decoded_frame_count(num_frames)} frames")]
     rules += [
         (isinstance(height, int) and height >= 16 and height % 16 == 0, "height", height,

@@ -73,7 +73,7 @@ def test_cli_refuses_bad_size_and_missing_model(tiny_models, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(tiny_args(tiny_models, tmp_path / "x.mp4", "--frames", "10"))
     assert exit_info.value.code == 2 and "--frames: got 10, needs 8k+1" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="diffusion_models model 'nope.safetensors' not found"):
+    with pytest.raises(SystemExit, match="--dit: diffusion_models model 'nope.safetensors' not found"):
         cli.main(tiny_args(tiny_models, tmp_path / "x.mp4", "--dit", "nope.safetensors"))
     # a face index past the faces found ends in one line, not a traceback
     with pytest.raises(SystemExit, match=r"^error: face_index 5 is out of range: 2 faces were found") as exit_info:
@@ -90,8 +90,21 @@ def checked_args(tmp_path, *extra):
 
 
 def test_valid_options_reach_the_model_paths(tmp_path):
-    with pytest.raises(SystemExit, match="text_encoders model .* not found"):
+    """With no models yet, one error names every missing model with its option, and how to point at it."""
+    with pytest.raises(SystemExit) as exit_info:
         cli.main(checked_args(tmp_path))
+    msg = str(exit_info.value)
+    for option, folder in (("--t5", "text_encoders"), ("--siglip", "clip_vision"), ("--vae", "vae"),
+                           ("--dit", "diffusion_models")):
+        assert f"{option}: {folder} model " in msg, msg
+    assert "or an absolute path" in msg
+
+
+def test_unreadable_photo_is_one_line_naming_the_image(tiny_models, tmp_path):
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not an image")
+    with pytest.raises(SystemExit, match=r"^error: image: '.*notes.png' could not be read as an image"):
+        cli.main(tiny_args(tiny_models, tmp_path / "x.mp4", "--image", str(not_an_image)))
 
 
 @pytest.mark.parametrize("option, value, says", [

@@ -529,3 +529,21 @@ def test_single_image_error_has_no_batch_prefix(models):
     with pytest.raises(F.NoFaceFoundError) as batch:
         F.extract_identities(models, np.stack([black, noise(480, 640)]))
     assert str(batch.value) == "image 1 of 2: " + str(plain.value)
+
+
+def test_16_bit_grayscale_photo_keeps_its_tones(tmp_path):
+    """A 16-bit grayscale PNG opens in PIL as I;16, whose plain RGB conversion clips nearly every pixel to white;
+    it is scaled to 8 bits instead."""
+    from PIL import Image
+
+    from echovideo.face import load_image_file
+
+    ramp = (np.arange(64 * 32, dtype=np.uint16).reshape(32, 64) * 32).astype(np.uint16)  # 0 .. 65504
+    path = tmp_path / "gray16.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as im:
+        assert im.mode.startswith("I")
+    rgb = load_image_file(str(path))
+    assert rgb.dtype == np.uint8 and rgb.shape == (32, 64, 3)
+    expected = np.round(ramp.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert np.array_equal(rgb[..., 0], expected) and np.array_equal(rgb[..., 2], expected)

@@ -11,11 +11,17 @@ MAX_LONG_SIDE = 1024  # published pipeline: resize_numpy_image_long(image, 1024)
 
 def load_image_file(path: str) -> np.ndarray:
     """Read an image file as uint8 RGB HxWx3 with its EXIF orientation applied."""
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        return np.array(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale: convert("RGB") would clip it
+                im = Image.fromarray((np.asarray(im, dtype=np.float64) * (255 / 65535)).round().clip(0, 255)
+                                     .astype(np.uint8))
+            return np.array(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise FaceError(f"image: {path!r} could not be read as an image ({e}); use a PNG, JPEG or WebP photo") from None
 
 
 def to_uint8_rgb(image) -> np.ndarray:
