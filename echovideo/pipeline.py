@@ -59,10 +59,10 @@ def generate(dit, vae, siglip_model, text_positive, text_negative, face_crop: np
              callback=None, decode: bool = True, tiling: bool = True, dit_caller=None):
     """Frames [num_frames, H, W, 3] in [0, 1] (or latents when decode=False)."""
     check_video_size(width, height, num_frames)
-    face_pos, face_neg = face_tokens_pair(siglip_model, face_crop)
+    image = face_crop if reference_image is None else reference_image  # SigLIP's input and the first frame
+    face_pos, face_neg = face_tokens_pair(siglip_model, image)
     cond = fuse_conditioning(dit, text_positive, text_negative, face_pos, face_neg, id_embedding,
                              with_negative=guidance_scale > 1.0)
-    image = face_crop if reference_image is None else reference_image
     image_latents = vae_lib.encode_face_frame(vae, image, width, height, num_frames)
     latents = sample(dit, cond.positive, cond.negative, image_latents, steps=steps, guidance_scale=guidance_scale,
                      dynamic_cfg=dynamic_cfg, seed=seed, callback=callback, dit_caller=dit_caller)

@@ -115,8 +115,9 @@ class FaceEncode(io.ComfyNode):
                              tooltip="Which face when the photo has several: 0 = the largest (with only the "
                                      "fallback RetinaFace detector finding faces: 0 = the one nearest the centre)."),
                 io.Boolean.Input("whole_image", default=False,
-                                 tooltip="Use the whole photo (clothes, body) as the reference frame instead of the "
-                                         "parsed face crop. The identity embedding still comes from the face."),
+                                 tooltip="Use the whole photo (clothes, body) instead of the parsed face crop for the "
+                                         "SigLIP tokens and the reference frame (the published code's non-aligned "
+                                         "mode). The ArcFace identity embedding still comes from the face."),
                 io.Boolean.Input("average_embeddings", default=False,
                                  tooltip="With several photos: average their ArcFace embeddings (the first photo "
                                          "gives the face crop)."),
@@ -151,7 +152,8 @@ class FaceEncode(io.ComfyNode):
                 release_face_models(models)
         first = idents[0]
         bridge.load_gpu(face_encoder.siglip)
-        pos, neg = face_tokens_pair(bridge.unwrap(face_encoder.siglip), first.face_crop)
+        # the published code's one "face image": the parsed crop, or with whole_image the whole photo
+        pos, neg = face_tokens_pair(bridge.unwrap(face_encoder.siglip), first.reference_image)
         out = bridge.intermediate_device()
         identity = IdentityData(id_embedding=reference_id_embedding(first.id_embedding).to(out),
                                 face_tokens=pos.to(out), face_crop=torch.from_numpy(first.face_crop),

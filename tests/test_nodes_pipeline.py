@@ -261,7 +261,7 @@ def test_bad_inputs_give_clear_errors(env):
     sn = comfy_env.pack_module("nodes.sampling_nodes")
     mn = comfy_env.pack_module("nodes.model_nodes")
     fn = comfy_env.pack_module("nodes.face_nodes")
-    assert "needs 8k+1 frames (9, 17" in sn.FaceFrameEncode.validate_inputs(width=64, height=64, num_frames=10)
+    assert "needs 8k+1 frames (1, 9, 17" in sn.FaceFrameEncode.validate_inputs(width=64, height=64, num_frames=10)
     assert "multiple of 16" in sn.FaceFrameEncode.validate_inputs(width=70, height=64, num_frames=9)
     assert sn.FaceFrameEncode.validate_inputs(width=64, height=64, num_frames=9) is True
     both = sn.FaceFrameEncode.validate_inputs(width=70, height=64, num_frames=10)  # every problem at once
@@ -403,11 +403,13 @@ def test_face_encode_options(env):
     assert ref.shape == (1, 480, 480, 3)  # whole photo as reference
     assert ident.id_embedding.shape == (1, 512) and ident.face_tokens.shape == (1, 16, 768)
     assert ident.extra["negative_face_tokens"].shape == (1, 16, 768)
-    # the whole photo is only the reference frame: SigLIP still reads the parsed face crop of the first photo
+    # as the published code's non-aligned mode: SigLIP reads the first photo whole, as the reference frame shows it
     from echovideo.pipeline import face_tokens_pair
 
     siglip = comfy_env.pack_module("nodes.bridge").unwrap(enc.siglip)
-    want_pos, want_neg = face_tokens_pair(siglip, (crops[0].numpy() * 255).round().astype(np.uint8))
+    want_pos, want_neg = face_tokens_pair(siglip, (ref[0].numpy() * 255).round().astype(np.uint8))
+    crop_pos, _ = face_tokens_pair(siglip, (crops[0].numpy() * 255).round().astype(np.uint8))
+    assert not torch.equal(want_pos, crop_pos)
     assert torch.equal(ident.face_tokens, want_pos) and torch.equal(ident.extra["negative_face_tokens"], want_neg)
     assert torch.equal(ident.face_crop, (crops[0] * 255).round().to(torch.uint8))
     singles = [comfy_env.run_node(fn.FaceEncode, face_encoder=enc, image=photo(i), face_index=1, whole_image=True,

@@ -31,7 +31,7 @@ class FaceIdentity:
         as the published infer.py extracts it in float16 (the pipeline then rounds it to bfloat16).
         With average_embeddings it is the batch average; photo_embedding is this photo's own.
     face_crop: 512x512x3 uint8 RGB parsed aligned face (always).
-    reference_image: uint8 RGB image used as the identity reference: face_crop by default,
+    reference_image: uint8 RGB image SigLIP reads and the first frame shows: face_crop by default,
         or the whole downscaled photo when whole_image=True.
     keypoints: [5,2] float32 keypoints in the downscaled photo (eyes, nose, mouth corners).
     bbox: [4] x1,y1,x2,y2 in the downscaled photo.
@@ -117,9 +117,9 @@ def extract_identity(
     Neither detector finding a face raises NoFaceFoundError (no whole-image fallback);
     face_index past the faces found raises FaceIndexError.
 
-    whole_image=True (not in the published code): reference_image is the whole
-    downscaled photo (clothes and body kept) instead of the parsed crop; the
-    embedding still comes from the detected face.
+    whole_image=True (the published code's is_align_face=False; its infer.py keeps alignment on):
+    reference_image, which SigLIP reads and the first frame shows, is the whole downscaled photo
+    (clothes and body kept) instead of the parsed crop; the embedding still comes from the detected face.
     `detector` / `fallback_detector` replace insightface / RetinaFace (tests, tools).
     """
     if not isinstance(face_index, (int, np.integer)) or isinstance(face_index, bool) or face_index < 0:
