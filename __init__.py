@@ -9,14 +9,13 @@ if _HERE not in sys.path:
 
 try:
     from .nodes import bridge
-except ImportError as error:  # outside ComfyUI (e.g. a test collector); inside it, an old ComfyUI or a missing package
+except ImportError as error:  # outside ComfyUI (e.g. a test collector); inside it, a ComfyUI without the V3 API
     bridge = None
     if "comfy" in sys.modules:
         import logging
 
         logging.getLogger("EchoVideo").warning(
-            "ComfyUI-EchoVideo is not loaded: %s. It needs ComfyUI 0.3.64 or newer (comfy_api.latest) and the "
-            "packages of its requirements.txt.", error)
+            "ComfyUI-EchoVideo is not loaded: %s. It needs ComfyUI 0.3.64 or newer (comfy_api.latest).", error)
 
 if bridge is not None:
     from .nodes import node_list

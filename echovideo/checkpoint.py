@@ -181,8 +181,8 @@ def load_transformer(path: str, weight_dtype: Optional[torch.dtype] = None,
                      compute_dtype: Optional[torch.dtype] = None, operations=None, device="cpu",
                      attention="sdpa") -> EchoVideoTransformer:
     """Loads the DiT. weight_dtype: storage dtype (None = as stored; a file mixing dtypes: the one most weights
-    are stored in, except that an fp8 file's norms and biases stored beside it in bf16 or fp32 stay so; fp8
-    upcasts per layer).
+    are stored in; fp8 upcasts per layer). An fp8 file kept in its own fp8 keeps the norms and biases it stores
+    beside it in bf16 or fp32.
     compute_dtype: the dtype activations run in (default from the weights: fp32, fp16, else bf16)."""
     layout, config_dict = read_header(path)
     try:
@@ -192,15 +192,16 @@ def load_transformer(path: str, weight_dtype: Optional[torch.dtype] = None,
     problem = diagnose({k: v[0] for k, v in layout.items()}, expected_layout(config))
     if problem:
         raise CheckpointError(f"{path}: does not match the EchoVideo transformer: {problem}")
-    as_stored = weight_dtype is None
-    if as_stored:
-        weight_dtype = main_stored_dtype(layout)
+    stored = main_stored_dtype(layout)
+    weight_dtype = weight_dtype or stored
     compute_dtype = compute_dtype or default_compute_dtype(weight_dtype)
     ops = operations or operations_for(weight_dtype, compute_dtype)
     with torch.device("meta"):
         model = EchoVideoTransformer(config, operations=ops, attention=attention)
-    # per-layer upcasts take each tensor in its own dtype: an fp8 file's higher-precision tensors need no rounding
-    state = load_state_dict(path, dtype=weight_dtype, device="cpu", keep_unquantized=as_stored and is_fp8(weight_dtype))
+    # per-layer upcasts take each tensor in its own dtype: an fp8 file kept in its fp8 needs no rounding of the
+    # higher-precision tensors stored beside it
+    state = load_state_dict(path, dtype=weight_dtype, device="cpu",
+                            keep_unquantized=is_fp8(weight_dtype) and weight_dtype == stored)
     model.load_state_dict(state, strict=True, assign=True)
     model.compute_dtype = compute_dtype
     model.weight_dtype = weight_dtype

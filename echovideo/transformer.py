@@ -232,8 +232,8 @@ class EchoVideoTransformer(nn.Module):
             if hook is None:
                 tokens = block(tokens, n_ctx, temb, rope, self.attention)
                 continue
-            hook.before(i, block)
-            try:  # a failing block (e.g. out of memory) still gives a swapped block's weights back
+            try:  # a failing block (e.g. out of memory, also mid-swap) still gives a swapped block's weights back
+                hook.before(i, block)
                 tokens = block(tokens, n_ctx, temb, rope, self.attention)
             finally:
                 hook.after(i, block)

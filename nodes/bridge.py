@@ -230,15 +230,22 @@ TEXT_FLAGS = (("fp16_text_enc", "fp16"), ("bf16_text_enc", "bf16"), ("fp32_text_
               ("fp8_e4m3fn_text_enc", "fp8_e4m3fn"), ("fp8_e5m2_text_enc", "fp8_e5m2"))
 
 
-def dit_dtypes(choice: str, device=None):
+def dit_dtypes(choice: str, device=None, stored: Optional[torch.dtype] = None, params: int = 0):
     """(storage, compute) dtypes of the DiT for the loader's weight_dtype combo. 'default' follows ComfyUI's
-    --fp32/--bf16/--fp16/--fp8_e4m3fn/--fp8_e5m2-unet flag when given, else stores bf16 (fp32 on CPU).
-    Computes in video_compute_dtype unless a fp32/bf16/fp16 flag asks for that dtype."""
+    --fp32/--bf16/--fp16/--fp8_e4m3fn/--fp8_e5m2-unet flag when given; else a file `stored` in fp8 stays fp8
+    where ComfyUI's own loaders keep it (fp8 compute, or bf16 weights of `params` elements would not fit), and
+    everything else is stored in bf16 (fp32 on CPU). Computes in video_compute_dtype unless a fp32/bf16/fp16
+    flag asks for that dtype."""
     device = device if device is not None else load_device("unet")
     flag = _flag_dtype(UNET_FLAGS) if choice == "default" else None
     name = flag or choice
     if name == "default":
         weight = torch.float32 if mm.is_device_cpu(device) else torch.bfloat16
+        from echovideo.ops import is_fp8
+
+        if stored is not None and is_fp8(stored) and mm.unet_dtype(
+                device, params, [torch.bfloat16, torch.float32], weight_dtype=stored) == stored:
+            weight = stored
     else:
         weight = weight_dtype(name, device)
     compute = weight if flag in ("fp32", "bf16", "fp16") else video_compute_dtype(device)
@@ -314,12 +321,18 @@ def wrap(module: torch.nn.Module, kind: str = "unet", size: int = 0):
     return patcher
 
 
+def gpu_memory_is_limited(patcher) -> bool:
+    """False on the CPU, under --gpu-only (offload device = load device) and on DirectML (which reports no real
+    memory size): there a model always counts as fitting."""
+    device = patcher.load_device
+    return not (device.type == "cpu" or device == patcher.offload_device or mm.directml_enabled)
+
+
 def weights_fit(patcher) -> bool:
     """Whether a plain-torch model's weights fit whole on its load device beside ComfyUI's minimum work memory
-    (never under --novram). The CPU, --gpu-only (offload device = load device) and DirectML (which reports no
-    real memory size) count as fitting."""
+    (never under --novram; always where gpu_memory_is_limited is False)."""
     device = patcher.load_device
-    if device.type == "cpu" or device == patcher.offload_device or mm.directml_enabled:
+    if not gpu_memory_is_limited(patcher):
         return True
     if mm.vram_state == mm.VRAMState.NO_VRAM:
         return False
@@ -359,18 +372,26 @@ def may_load_partially(patcher) -> bool:
     return has_cast_layers(patcher) and getattr(unwrap(patcher), "compiled_with", None) is None
 
 
+class CompiledModelTooLarge(ValueError):
+    """A compiled DiT that cannot load whole on the GPU."""
+
+
 def check_compiled_fits(patcher, memory_required: int) -> None:
     """A compiled DiT loads whole (may_load_partially): refuse, before loading, one whose weights and work
-    cannot fit on the GPU even with every other model unloaded, instead of running out of memory in the Sampler."""
-    device = patcher.load_device
-    if device.type == "cpu" or device == patcher.offload_device or mm.directml_enabled:
+    cannot fit on the GPU even with every other model unloaded, instead of running out of memory mid-run.
+    (--novram streams every model, compiled or not.)"""
+    if not gpu_memory_is_limited(patcher) or mm.vram_state == mm.VRAMState.NO_VRAM:
         return
+    device = patcher.load_device
     need, total = patcher.model_size() + memory_required, mm.get_total_memory(device)
     if need > total:
-        raise ValueError(f"EchoVideo Sampler: a torch.compiled DiT loads whole, and its "
-                         f"{patcher.model_size() / 2 ** 30:.1f} GiB of weights and {memory_required / 2 ** 30:.1f} "
-                         f"GiB of work exceed the {total / 2 ** 30:.1f} GiB of {device}: remove EchoVideo Compile "
-                         "Settings (ComfyUI then streams the weights), or pick fp8 weights in the Model Loader")
+        weight_dtype = getattr(unwrap(patcher), "weight_dtype", None)
+        fp8 = "" if weight_dtype is not None and weight_dtype.itemsize == 1 else \
+            ", or pick fp8 weights in the Model Loader"
+        raise CompiledModelTooLarge(
+            f"EchoVideo: a torch.compiled DiT loads whole, and its {patcher.model_size() / 2 ** 30:.1f} GiB of "
+            f"weights and {memory_required / 2 ** 30:.1f} GiB of work exceed the {total / 2 ** 30:.1f} GiB of "
+            f"{device}: remove EchoVideo Compile Settings (ComfyUI then streams the weights){fp8}")
 
 
 def load_gpu(patchers, memory_required: int = 0) -> None:

@@ -1,6 +1,8 @@
 """EchoVideo Model Loader and EchoVideo VAE Loader."""
 from __future__ import annotations
 
+import math
+
 from . import bridge
 from .bridge import io
 from .types import Model, ModelBundle, Vae, VaeBundle
@@ -68,7 +70,8 @@ class ModelLoader(io.ComfyNode):
                                default="default",
                                tooltip="Storage dtype of the weights. fp8 halves memory; layers are cast to the "
                                        "compute dtype one at a time. default: ComfyUI's --*-unet precision flag "
-                                       "if given, else bf16 (fp32 on CPU). Computes in bf16, or fp32 on devices "
+                                       "if given; an fp8 file stays fp8 where ComfyUI keeps fp8 (fp8 compute, or "
+                                       "bf16 would not fit); else bf16 (fp32 on CPU). Computes in bf16, or fp32 on devices "
                                        "without bf16 (never fp16 unless --fp16-unet: CogVideoX overflows in fp16)."),
                 io.Combo.Input("attention", options=available_attention(), default="sdpa",
                                tooltip="Attention backend. sdpa: PyTorch; comfy: ComfyUI's optimized attention "
@@ -80,7 +83,7 @@ class ModelLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model_name, weight_dtype="default", attention="sdpa") -> io.NodeOutput:
         from echovideo.attention import get_attention
-        from echovideo.checkpoint import load_transformer
+        from echovideo.checkpoint import load_transformer, main_stored_dtype, read_header
         from echovideo.errors import EchoVideoInputError
 
         try:
@@ -89,7 +92,10 @@ class ModelLoader(io.ComfyNode):
             raise EchoVideoInputError(f"EchoVideo Model Loader: {e}") from None
         path = resolve_entry("diffusion_models", model_name)
         device = bridge.load_device("unet")
-        weight, compute = bridge.dit_dtypes(weight_dtype, device)
+        with named_errors("EchoVideo Model Loader", path, "the EchoVideo transformer"):
+            layout, _ = read_header(path)
+        weight, compute = bridge.dit_dtypes(weight_dtype, device, stored=main_stored_dtype(layout),
+                                            params=sum(math.prod(shape) for shape, _ in layout.values()))
         ops = bridge.operations(weight, compute, device)
         with named_errors("EchoVideo Model Loader", path, "the EchoVideo transformer"):
             model = load_transformer(path, weight_dtype=weight, compute_dtype=compute, operations=ops,

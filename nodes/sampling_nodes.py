@@ -147,9 +147,13 @@ class Sampler(io.ComfyNode):
         _, frames, _, h, w = lat.shape
         set_block_compile(dit, model.compile)  # before loading: a compiled DiT loads whole
         cache = getattr(model, "step_cache", None)
-        bridge.load_gpu(model.patcher, memory_required=sampling_memory_bytes(
-            dit.config, frames, h, w, batch=2 if use_cfg else 1, dtype=model.compute_dtype,
-            step_cache=cache is not None))
+        try:
+            bridge.load_gpu(model.patcher, memory_required=sampling_memory_bytes(
+                dit.config, frames, h, w, batch=2 if use_cfg else 1, dtype=model.compute_dtype,
+                step_cache=cache is not None))
+        except bridge.CompiledModelTooLarge:
+            set_block_compile(dit, None)  # the shared DiT is not left compiled for the next prompt's nodes
+            raise
         progress = bridge.Progress(int(steps))
 
         def on_step(step, total, latents):

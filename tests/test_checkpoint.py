@@ -185,9 +185,11 @@ def test_mixed_dtype_file_loads_in_its_main_dtype(tmp_path):
     c = loaded.config
     out = loaded(torch.randn(1, 2, c.in_channels, 8, 8), torch.randn(1, 16, c.text_embed_dim), torch.tensor([500.0]))
     assert torch.isfinite(out).all()
-    # an explicit fp8 choice still stores every tensor in fp8
-    forced = checkpoint.load_transformer(path, weight_dtype=torch.float8_e4m3fn)
-    assert all(p.dtype == torch.float8_e4m3fn for p in forced.parameters())
+    # asking for the file's own fp8 keeps them too; another dtype converts every tensor
+    same = checkpoint.load_transformer(path, weight_dtype=torch.float8_e4m3fn)
+    assert {k: v.dtype for k, v in same.state_dict().items()} == {k: v.dtype for k, v in state.items()}
+    other = checkpoint.load_transformer(path, weight_dtype=torch.float8_e5m2)
+    assert all(p.dtype == torch.float8_e5m2 for p in other.parameters())
     assert checkpoint.main_stored_dtype({"a": ((10, 10), torch.bfloat16), "b": ((3,), torch.float32)}) == torch.bfloat16
 
 

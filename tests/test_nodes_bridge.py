@@ -101,6 +101,25 @@ def test_default_dtypes_follow_comfyui_precision_flags(bridge, monkeypatch):
     assert bridge.vae_dtype("default", cpu) == torch.bfloat16 and bridge.vae_dtype("fp32", cpu) == torch.float32
 
 
+def test_default_keeps_an_fp8_file_in_fp8_where_comfyui_would(bridge, monkeypatch):
+    """'default' on a file stored in fp8: kept in fp8 where ComfyUI's own loaders keep it (fp8 compute, or bf16
+    weights would not fit), else bf16 as for any file; a bf16 file is never quantized by default."""
+    import comfy.model_management as mm
+
+    gpu = torch.device("cuda", 0)
+    fp8 = torch.float8_e4m3fn
+    monkeypatch.setattr(mm, "should_use_bf16", lambda *a, **k: True)
+    monkeypatch.setattr(mm, "supports_fp8_compute", lambda *a, **k: False)
+    monkeypatch.setattr(mm, "maximum_vram_for_weights", lambda *a, **k: 16 * 2 ** 30)
+    small, large = 10 ** 9, 6 * 10 ** 9  # bf16: 2 GB, 12 GB
+    assert bridge.dit_dtypes("default", gpu, stored=fp8, params=small)[0] == torch.bfloat16
+    assert bridge.dit_dtypes("default", gpu, stored=fp8, params=3 * large)[0] == fp8  # 36 GB in bf16
+    assert bridge.dit_dtypes("default", gpu, stored=torch.bfloat16, params=3 * large)[0] == torch.bfloat16
+    monkeypatch.setattr(mm, "supports_fp8_compute", lambda *a, **k: True)
+    assert bridge.dit_dtypes("default", gpu, stored=fp8, params=small)[0] == fp8
+    assert bridge.dit_dtypes("bf16", gpu, stored=fp8, params=small)[0] == torch.bfloat16  # an explicit choice wins
+
+
 def test_no_fp16_compute_by_default_on_gpus_without_bf16(bridge, monkeypatch, caplog):
     """A V100/T4-class GPU (no bf16): ComfyUI would pick fp16, which overflows in CogVideoX-5B. The DiT keeps
     bf16 (or the chosen) storage and computes in fp32; the VAE runs fp32; an explicit --fp16-unet is honoured
@@ -195,13 +214,21 @@ def test_compiled_dit_that_cannot_fit_whole_is_refused_before_loading(bridge, mo
     bridge.unwrap(dit).compiled_with = "inductor"
     bridge.load_gpu(dit, memory_required=4 * GiB)  # 12 + 4 <= 16
     assert calls == [True]
-    with pytest.raises(ValueError, match=r"compiled DiT loads whole, and its 12.0 GiB of weights and 4.5 GiB of work "
-                                         r"exceed the 16.0 GiB of cuda:0: remove EchoVideo Compile Settings"):
+    with pytest.raises(bridge.CompiledModelTooLarge, match=r"compiled DiT loads whole, and its 12.0 GiB of weights and 4.5 GiB of work "
+                                         r"exceed the 16.0 GiB of cuda:0: remove EchoVideo Compile Settings.*fp8"):
         bridge.load_gpu(dit, memory_required=int(4.5 * GiB))
     assert calls == [True]
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)  # --novram streams every model: no check
+    bridge.load_gpu(dit, memory_required=int(4.5 * GiB))
+    assert calls == [True, True]
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NORMAL_VRAM)
+    bridge.unwrap(dit).weight_dtype = torch.float8_e4m3fn  # already fp8: not told to pick fp8
+    with pytest.raises(bridge.CompiledModelTooLarge) as refused:
+        bridge.load_gpu(dit, memory_required=int(4.5 * GiB))
+    assert "fp8" not in str(refused.value)
     bridge.unwrap(dit).compiled_with = None  # uncompiled, it streams: no check
     bridge.load_gpu(dit, memory_required=int(4.5 * GiB))
-    assert calls == [True, None]
+    assert calls == [True, True, None]
 
 
 def test_plain_model_too_big_for_the_gpu_runs_on_its_offload_device(bridge, monkeypatch, caplog):

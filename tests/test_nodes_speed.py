@@ -157,6 +157,25 @@ def test_compile_node_matches_uncompiled_and_leaves_the_loader_output_eager(env,
     torch._dynamo.reset()
 
 
+def test_compiled_dit_refused_for_size_is_left_uncompiled(env, monkeypatch):
+    """A compiled DiT that cannot load whole is refused before loading, and the shared DiT is not left compiled:
+    the next prompt's nodes without Compile Settings load it as usual."""
+    sp, bridge = mods()[2], comfy_env.pack_module("nodes.bridge")
+    base = load()
+    (compiled,) = comfy_env.run_node(sp.CompileSettingsNode, model=base, backend="eager", mode="default",
+                                     dynamic=False)
+
+    def too_large(patchers, memory_required=0):
+        raise bridge.CompiledModelTooLarge("EchoVideo: a torch.compiled DiT loads whole (simulated)")
+
+    monkeypatch.setattr(bridge, "load_gpu", too_large)
+    with pytest.raises(bridge.CompiledModelTooLarge, match="simulated"):
+        sample(compiled, env)
+    assert base.model.compiled_with is None
+    assert all(b._compiled_call_impl is None for b in base.model.transformer_blocks)
+    torch._dynamo.reset()
+
+
 def test_inductor_without_compiler_says_why(env, monkeypatch):
     sp = mods()[2]
     monkeypatch.setattr(sp.shutil, "which", lambda name: None)
@@ -487,3 +506,38 @@ def test_partial_load_onto_another_device_mixes_no_devices(env, monkeypatch, wei
                if n.startswith("transformer_blocks."))  # some block weights really stayed on the CPU
     assert cond.positive.device == meta and latent["samples"].device == meta
     assert not check.mixes, sorted(check.mixes)
+
+
+def test_loader_default_keeps_a_stored_fp8_file_with_its_bf16_norms(env, module_tmp_path, monkeypatch):
+    """A released-style fp8 file (matrices fp8, norms and biases bf16), 'default' where ComfyUI keeps fp8 (fp8
+    compute here): the matrices stay fp8, the norms and biases unrounded, and ComfyUI's casting layers run it."""
+    import json
+
+    import comfy.model_management as mm
+    import folder_paths
+    from safetensors.torch import save_file
+
+    mn, _, _, _ = mods()
+    (plain,) = comfy_env.run_node(mn.ModelLoader, model_name="echo_tiny.safetensors", weight_dtype="fp32",
+                                  attention="sdpa")
+    dit = plain.model
+    state = {k: (v.to(torch.float8_e4m3fn) if v.dim() >= 2 else v.to(torch.bfloat16)).contiguous()
+             for k, v in dit.state_dict().items()}
+    save_file(state, str(module_tmp_path / "diffusion_models" / "echo_fp8_mixed.safetensors"),
+              metadata={"config": json.dumps(dit.config.to_dict()), "format": "pt"})
+    folder_paths.filename_list_cache.clear()
+    monkeypatch.setattr(mm, "supports_fp8_compute", lambda *a, **k: True)
+    (model,) = comfy_env.run_node(mn.ModelLoader, model_name="echo_fp8_mixed.safetensors", weight_dtype="default",
+                                  attention="sdpa")
+    assert model.weight_dtype == torch.float8_e4m3fn
+    loaded = model.model.state_dict()
+    assert all(loaded[k].dtype == v.dtype and torch.equal(loaded[k].float(), v.float()) for k, v in state.items())
+    c = dit.config
+    g = torch.Generator().manual_seed(0)
+    args = (torch.randn(1, 2, c.in_channels, 8, 8, generator=g), torch.randn(1, 16, c.text_embed_dim, generator=g),
+            torch.tensor([500.0]))
+    out, ref = model.model(*args), dit(*args)
+    assert torch.isfinite(out).all()
+    err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
+    print(f"fp8 file, default dtype: max error {err:.3f} of scale")
+    assert err < 0.25  # fp8 matrices on random tiny weights (seen 4.6%)
