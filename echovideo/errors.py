@@ -4,8 +4,8 @@ import torch
 # torch.OutOfMemoryError is torch 2.5+; before it, CUDA's out-of-memory error was torch.cuda.OutOfMemoryError
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 # torch's CPU allocator raises a plain RuntimeError: "DefaultCPUAllocator: can't allocate memory" (Linux, macOS)
-# or "...: not enough memory" (Windows)
-HOST_OUT_OF_MEMORY_MARKERS = ("DefaultCPUAllocator", "can't allocate memory", "not enough memory")
+# or "DefaultCPUAllocator: not enough memory" (Windows); errno 12 reads "Cannot allocate memory"
+HOST_OUT_OF_MEMORY_MARKERS = ("DefaultCPUAllocator", "Cannot allocate memory")
 
 
 def is_host_out_of_memory(error: BaseException) -> bool:
