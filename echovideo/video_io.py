@@ -13,13 +13,23 @@ def frames_to_uint8(frames) -> np.ndarray:
     return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def frame_durations_ms(count: int, fps: float, tick: int = 1) -> list:
+    """Per-frame display times in whole ticks (ms) whose running sum stays within a tick of frame i at i / fps,
+    so the clip plays at fps on average (a constant int(1000 / fps) plays 16 fps as 16.7, GIF's 10 ms ticks as
+    more)."""
+    ends = [round((i + 1) * 1000 / (fps * tick)) * tick for i in range(count)]
+    return [end - start for start, end in zip([0] + ends[:-1], ends)]
+
+
 def save_video(frames, path: str, fps: int = 16) -> str:
     video = frames_to_uint8(frames)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     ext = os.path.splitext(path)[1].lower()
     if ext in (".webp", ".gif"):
         images = [Image.fromarray(f) for f in video]
-        images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0,
+        tick = 10 if ext == ".gif" else 1  # GIF stores frame times in centiseconds
+        images[0].save(path, save_all=True, append_images=images[1:],
+                       duration=frame_durations_ms(len(images), fps, tick), loop=0,
                        **({"lossless": True} if ext == ".webp" else {}))
         return path
     if ext != ".mp4":

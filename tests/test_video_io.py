@@ -33,3 +33,23 @@ def test_animation_loops_forever(tmp_path, ext):
     with Image.open(path) as im:
         assert im.n_frames == 3
         assert im.info.get("loop") == 0  # 0: forever (a GIF without it plays once)
+
+
+@pytest.mark.parametrize("ext, fps", [(".gif", 16), (".gif", 24), (".gif", 30), (".webp", 16), (".webp", 8)])
+def test_animation_plays_at_its_fps(tmp_path, ext, fps):
+    """The frames' display times, read back, add up to frames / fps within one tick (GIF: 10 ms), and every
+    frame's end lies within a tick of its time, so the clip neither races nor drifts."""
+    n = 49
+    path = str(tmp_path / ("timing" + ext))
+    save_video(torch.rand(n, 8, 8, 3, generator=torch.Generator().manual_seed(1)), path, fps=fps)
+    tick = 10 if ext == ".gif" else 1
+    durations = []
+    with Image.open(path) as im:
+        assert im.n_frames == n
+        for i in range(n):
+            im.seek(i)
+            im.load()  # WebP reads a frame's duration with its data
+            durations.append(im.info["duration"])
+    ends = np.cumsum(durations)
+    exact = np.arange(1, n + 1) * 1000 / fps
+    assert np.abs(ends - exact).max() <= tick / 2 + 1e-9, (durations, exact[-1])
