@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -61,8 +62,12 @@ class T5Loader(io.ComfyNode):
 
         with named_errors("EchoVideo T5 Loader", path, "a T5 encoder"):
             encoder = text.load_t5_encoder(path, dtype=dtype, device=bridge.offload_device("text"))
+        tokenizer = _tokenizer(tok_dir)
+        check_vocab(encoder.get_input_embeddings().weight.shape[0], len(tokenizer),
+                    f"EchoVideo T5 Loader: the T5 ({os.path.basename(path)})", f"the tokenizer in {tok_dir}",
+                    "Put the released tokenizer/ folder beside the T5 weights (see the README model table).")
         patcher = bridge.wrap(encoder, kind="text")
-        return io.NodeOutput(T5Bundle(patcher=patcher, tokenizer=_tokenizer(tok_dir), path=path))
+        return io.NodeOutput(T5Bundle(patcher=patcher, tokenizer=tokenizer, path=path))
 
 
 # ---------------------------------------------------------------- ComfyUI CLIP path
@@ -85,12 +90,13 @@ def _clip_tokenizer(clip):
     return _tokenizer(bridge.comfy_t5_tokenizer_dir())
 
 
-def check_vocab(embeddings: int, tokenizer_size: int) -> None:
+def check_vocab(embeddings: int, tokenizer_size: int, model: str = "EchoVideo Text Encode: the CLIP's T5",
+                tokenizer: str = "the T5 tokenizer",
+                fix: str = "Load t5xxl_fp16.safetensors with the core 'Load CLIP' node (type sd3 or mochi).") -> None:
     """T5 v1.1 has 32128 embeddings for a 32100-token tokenizer; UMT5 (Wan) has 256384."""
     if not tokenizer_size <= embeddings <= tokenizer_size + 1024:
-        raise ValueError(f"EchoVideo Text Encode: the CLIP's T5 has {embeddings} token embeddings but the T5 "
-                         f"tokenizer has {tokenizer_size} tokens: this is not T5 v1.1 XXL (UMT5 from Wan?). Load "
-                         "t5xxl_fp16.safetensors with the core 'Load CLIP' node (type sd3 or mochi).")
+        raise ValueError(f"{model} has {embeddings} token embeddings but {tokenizer} has {tokenizer_size} tokens: "
+                         f"they are not T5 v1.1 XXL and its tokenizer (UMT5 from Wan?). {fix}")
 
 
 @torch.no_grad()

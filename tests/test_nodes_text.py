@@ -122,6 +122,22 @@ def test_t5_loader_path_equals_transformers(hf_t5, comfy_tokenizer_dir, tmp_path
     comfy_env.run_node(tn.T5Loader, t5_name="t5-tiny", precision="default")
     assert seen == {"dtype": torch.float16, "device": offload_marker}
 
+    # a tokenizer beside the weights that does not belong to them (another vocabulary) is refused at load
+    import transformers
+
+    small = transformers.T5EncoderModel(transformers.T5Config(**{**hf_t5.config.to_dict(), "vocab_size": 64}))
+    odd_dir = te_dir / "t5-odd"
+    odd_dir.mkdir()
+    (odd_dir / "config.json").write_text(json.dumps(small.config.to_dict()))
+    save_file({k: v.contiguous() for k, v in small.state_dict().items() if k != "encoder.embed_tokens.weight"},
+              str(odd_dir / "model.safetensors"))
+    folder_paths.filename_list_cache.pop("text_encoders", None)
+    monkeypatch.undo()
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "text_encoders", ([str(te_dir)], {".safetensors"}))
+    with pytest.raises(ValueError, match=r"^EchoVideo T5 Loader: the T5 \(t5-odd\) has 64 token embeddings but the "
+                                         r"tokenizer in .* has \d+ tokens.*tokenizer/ folder beside the T5 weights"):
+        comfy_env.run_node(tn.T5Loader, t5_name="t5-odd", precision="fp32")
+
 
 def test_text_encode_needs_exactly_one_encoder(hf_t5):
     tn = comfy_env.pack_module("nodes.text_nodes")
