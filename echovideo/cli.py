@@ -93,7 +93,8 @@ def parse_args(argv=None):
     ap.add_argument("--fps", type=int, default=16, help="frames per second of the written video (default 16)")
     ap.add_argument("--face-index", type=int, default=0,
                     help="0 = largest face (nearest the centre if only the fallback RetinaFace detector finds faces)")
-    ap.add_argument("--whole-image", action="store_true", help="whole photo for the SigLIP tokens and the reference frame (full body)")
+    ap.add_argument("--whole-image", action="store_true",
+                    help="whole photo for the SigLIP tokens and the reference frame (full body)")
     ap.add_argument("--step-cache", type=float, nargs="?", const=DEFAULT_THRESHOLD, default=None,
                     metavar="THRESHOLD", help=f"skip DiT steps with the step cache (threshold: default {DEFAULT_THRESHOLD})")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -71,8 +71,9 @@ class ModelLoader(io.ComfyNode):
                                tooltip="Storage dtype of the weights. fp8 halves memory; layers are cast to the "
                                        "compute dtype one at a time. default: ComfyUI's --*-unet precision flag "
                                        "if given; an fp8 file stays fp8 where ComfyUI keeps fp8 (fp8 compute, or "
-                                       "bf16 would not fit); else bf16 (fp32 on CPU). Computes in bf16, or fp32 on devices "
-                                       "without bf16 (never fp16 unless --fp16-unet: CogVideoX overflows in fp16)."),
+                                       "bf16 would not fit); else bf16 (fp32 on CPU). Computes in bf16, or fp32 on "
+                                       "devices without bf16 (never fp16 unless --fp16-unet: CogVideoX overflows in "
+                                       "fp16)."),
                 io.Combo.Input("attention", options=available_attention(), default="sdpa",
                                tooltip="Attention backend. sdpa: PyTorch; comfy: ComfyUI's optimized attention "
                                        "(as launched); sage: SageAttention if installed."),
