@@ -34,6 +34,10 @@ def save_video(frames, path: str, fps: int = 16) -> str:
         return path
     if ext != ".mp4":
         raise ValueError(f"output: got {path!r}, needs a .mp4, .webp or .gif file name")
+    height, width = video.shape[1:3]
+    if height % 2 or width % 2:  # yuv420p halves both sides
+        raise ValueError(f"frames: got {width}x{height}, an .mp4 needs an even width and height; crop or resize "
+                         "the frames, or write a .webp or .gif")
     import av
 
     with av.open(path, mode="w") as container:

@@ -53,3 +53,12 @@ def test_animation_plays_at_its_fps(tmp_path, ext, fps):
     ends = np.cumsum(durations)
     exact = np.arange(1, n + 1) * 1000 / fps
     assert np.abs(ends - exact).max() <= tick / 2 + 1e-9, (durations, exact[-1])
+
+
+def test_mp4_of_odd_size_is_refused_with_the_fix(tmp_path):
+    pytest.importorskip("av")
+    with pytest.raises(ValueError, match=r"^frames: got 9x8, an .mp4 needs an even width and height"):
+        save_video(torch.rand(2, 8, 9, 3), str(tmp_path / "odd.mp4"))
+    assert not (tmp_path / "odd.mp4").exists()
+    save_video(torch.rand(2, 8, 10, 3), str(tmp_path / "even.mp4"))
+    assert (tmp_path / "even.mp4").stat().st_size > 0
