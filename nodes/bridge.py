@@ -401,9 +401,12 @@ def load_gpu(patchers, memory_required: int = 0) -> None:
         patchers = [patchers]
     partial, full = [], []
     for p in patchers:
-        (partial if may_load_partially(p) else full).append(p)
-        if has_cast_layers(p) and not may_load_partially(p):
+        if may_load_partially(p):
+            partial.append(p)
+            continue
+        if has_cast_layers(p):  # a compiled DiT: it must fit whole
             check_compiled_fits(p, memory_required)
+        full.append(p)
     if full:
         mm.load_models_gpu(full, memory_required=memory_required, force_full_load=True)
     if partial:

@@ -194,8 +194,7 @@ def load_face_models(paths: FaceModelPaths, device: str = "cpu") -> FaceModels:
     paths.validate()
     device = str(device)
     providers = onnx_providers(device)
-    files = (paths.detector, paths.recognizer, paths.retinaface, paths.bisenet)
-    key = tuple((f, _file_stamp(f)) for f in files) + (repr(providers), device)
+    key = tuple((f, _file_stamp(f)) for f in paths.files) + (repr(providers), device)
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
