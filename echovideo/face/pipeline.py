@@ -224,4 +224,5 @@ def extract_identities(
 
 
 def _average(identities: list[FaceIdentity]) -> torch.Tensor:
-    return mean_embedding([ident.photo_embedding for ident in identities])
+    """The batch's mean embedding, float16-rounded like each photo's own (see FaceIdentity.id_embedding)."""
+    return mean_embedding([ident.photo_embedding for ident in identities]).half().float()
