@@ -1,5 +1,6 @@
 """CogVideoX VAE: face-frame latents (encode) and video decode with tiling and frame batching."""
 import contextlib
+import logging
 import math
 from typing import Callable, Optional
 
@@ -141,7 +142,14 @@ def first_frame_pixels(face_uint8: np.ndarray, width: int, height: int) -> torch
     check(isinstance(face_uint8, np.ndarray) and face_uint8.dtype == np.uint8 and face_uint8.ndim == 3
           and face_uint8.shape[2] == 3, "face image", getattr(face_uint8, "shape", type(face_uint8)),
           "a uint8 H x W x 3 RGB array")
-    padded = Image.fromarray(pad_to_aspect(face_uint8, width, height))
+    padded = pad_to_aspect(face_uint8, width, height)
+    ph, pw = padded.shape[:2]
+    if abs((pw / ph) / (width / height) - 1) > 0.02:  # the reference pads only up: a more elongated photo stays so
+        logging.getLogger("echovideo").warning(
+            "EchoVideo: the %dx%d reference image is more elongated than the %dx%d video, so the first frame is "
+            "resized out of proportion (as in the published code); crop the photo to about %d:%d for an undistorted "
+            "first frame", face_uint8.shape[1], face_uint8.shape[0], width, height, width, height)
+    padded = Image.fromarray(padded)
     resized = np.asarray(padded.resize((width, height), Image.LANCZOS)).astype(np.float32) / np.float32(255.0)
     x = torch.from_numpy(resized).permute(2, 0, 1).unsqueeze(0)
     return 2.0 * x - 1.0

@@ -549,3 +549,39 @@ def test_16_bit_grayscale_photo_keeps_its_tones(tmp_path):
     assert rgb.dtype == np.uint8 and rgb.shape == (32, 64, 3)
     expected = np.round(ramp.astype(np.float64) * 255 / 65535).astype(np.uint8)
     assert np.array_equal(rgb[..., 0], expected) and np.array_equal(rgb[..., 2], expected)
+
+
+def test_32_bit_integer_image_is_not_taken_for_16_bit(tmp_path):
+    """Only 16-bit grayscale is rescaled; a 32-bit integer TIFF (PIL mode I) converts as the published code's
+    convert("RGB") does, so an 8-bit range stays as it is."""
+    from PIL import Image
+
+    from echovideo.face import load_image_file
+
+    path = tmp_path / "gray32.tif"
+    Image.fromarray(np.full((8, 8), 200, np.int32)).save(path)
+    with Image.open(path) as im:
+        assert im.mode == "I"
+        want = np.array(im.convert("RGB"))
+    assert np.array_equal(load_image_file(str(path)), want) and want.max() == 200
+
+
+@pytest.mark.parametrize("shape", [(2, 3000), (3000, 2), (2, 1500), (2, 1000)])
+def test_too_elongated_image_is_a_face_error(models, shape):
+    """A side the detector's scaling would bring under 2 pixels: a FaceError naming the size, not cv2's assertion."""
+    img = np.full((*shape, 3), 200, np.uint8)
+    with pytest.raises(F.FaceError, match=f"image: {shape[1]}x{shape[0]} is too elongated to hold a face; crop it"):
+        F.extract_identity(models, img)
+    assert F.resize_long_side(np.full((4, 1000, 3), 200, np.uint8)).shape == (4, 1000, 3)
+
+
+def test_face_index_error_names_the_fallback_order(tmp_path):
+    """RetinaFace (the fallback) orders faces centre first: the out-of-range hint says so, not "largest"."""
+    d = write_tiny_face_models(tmp_path, retinaface_finds_faces=True)
+    m = F.load_face_models(F.FaceModelPaths(d["insightface_root"], d["facexlib_dir"]))
+    try:
+        with pytest.raises(F.FaceError, match=r"\(by retinaface\); face_index 0 is the face nearest the centre, "
+                                              r"then by size, use 0 to"):
+            F.extract_identity(m, np.zeros((120, 160, 3), np.uint8), face_index=1000)
+    finally:
+        F.release_face_models()

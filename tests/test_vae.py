@@ -358,3 +358,16 @@ def test_onednn_conv3d_follows_torch_switches(monkeypatch):
         assert _slow_conv3d_calls(lambda: vae_lib.decode_raw(routed, z)) > 0
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     assert vae_lib.conv3d_through_onednn_on_cpu(vae_lib.build_vae(tiny.vae_config(p), onednn_conv3d=False)) == 0
+
+
+def test_first_frame_warns_when_the_photo_is_more_elongated_than_the_video(caplog):
+    """Padding only adds rows or columns (the reference's rule), so a photo more elongated than the video stays so
+    and is resized out of proportion: the log says so and how to fix it; a square face crop gives no warning."""
+    with caplog.at_level("WARNING", logger="echovideo"):
+        vae_lib.first_frame_pixels(np.full((512, 512, 3), 200, np.uint8), 848, 480)
+        vae_lib.first_frame_pixels(np.full((512, 512, 3), 200, np.uint8), 480, 848)
+        assert not caplog.records
+        vae_lib.first_frame_pixels(np.full((400, 1024, 3), 200, np.uint8), 848, 480)
+    assert len(caplog.records) == 1
+    assert "1024x400 reference image is more elongated than the 848x480 video" in caplog.text
+    assert "crop the photo to about 848:480" in caplog.text

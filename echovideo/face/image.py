@@ -16,7 +16,9 @@ def load_image_file(path: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grayscale: convert("RGB") would clip it
+            if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
+                # 16-bit grayscale (older Pillow opens 16-bit PNGs as mode I): convert("RGB") would clip it;
+                # other mode-I images (32-bit TIFFs) convert as in the published code
                 im = Image.fromarray((np.asarray(im, dtype=np.float64) * (255 / 65535)).round().clip(0, 255)
                                      .astype(np.uint8))
             return np.array(im.convert("RGB"))
@@ -64,6 +66,17 @@ def resize_long_side(image: np.ndarray, max_long_side: int = MAX_LONG_SIDE) -> n
     """
     h, w = image.shape[:2]
     if max(h, w) <= max_long_side:
+        check_not_too_elongated(h, w, w, h)
         return image
     k = max_long_side / max(h, w)
+    check_not_too_elongated(int(h * k), int(w * k), w, h)
     return cv2.resize(image, (int(w * k), int(h * k)), interpolation=cv2.INTER_LANCZOS4)
+
+
+DETECTOR_SIDE = 640  # insightface's detector input: the long side scaled to it
+
+
+def check_not_too_elongated(h: int, w: int, orig_w: int, orig_h: int) -> None:
+    """A side that the detector's downscale would bring under 2 pixels: no face can be found in it."""
+    if min(h, w) < 2 or int(DETECTOR_SIDE * min(h, w) / max(h, w)) < 2:
+        raise FaceError(f"image: {orig_w}x{orig_h} is too elongated to hold a face; crop it around the face")

@@ -73,12 +73,17 @@ def _warn_if_small(det: Detection, photo_scale: float) -> None:
                     MIN_FACE_PIXELS)
 
 
+def _first_face_rule(detector_name: str) -> str:
+    """How the detector orders faces (see detect.py): insightface by size, the RetinaFace fallback centre first."""
+    return "face nearest the centre, then by size" if detector_name == "retinaface" else "largest face"
+
+
 def _pick(dets: list[Detection], face_index: int, detector_name: str) -> Detection:
     if face_index >= len(dets):
         found = f"{len(dets)} face was" if len(dets) == 1 else f"{len(dets)} faces were"
         raise FaceIndexError(
             f"face_index {face_index} is out of range: {found} found in the input image "
-            f"(by {detector_name}); face_index 0 is the largest face, use 0 to {len(dets) - 1}"
+            f"(by {detector_name}); face_index 0 is the {_first_face_rule(detector_name)}, use 0 to {len(dets) - 1}"
         )
     return dets[face_index]
 
