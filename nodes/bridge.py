@@ -425,6 +425,13 @@ def soft_empty_cache() -> None:
     mm.soft_empty_cache()
 
 
+def link_type_fits(received: str, expected: str) -> bool:
+    """ComfyUI's own link-type rule (for nodes whose validate_inputs takes input_types, which switches it off)."""
+    from comfy_execution.validation import validate_node_input
+
+    return validate_node_input(received, expected)
+
+
 def check_interrupt() -> None:
     """Raise ComfyUI's InterruptProcessingException when the user pressed cancel."""
     mm.throw_exception_if_processing_interrupted()

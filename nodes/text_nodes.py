@@ -147,6 +147,21 @@ class TextEncode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, input_types):
+        """At queue time, before any loader runs: exactly one encoder linked. ComfyUI passes the linked inputs'
+        types here and then skips its own link-type check for this node, so the types are checked here too."""
+        connected = [name for name in ("clip", "t5") if name in input_types]
+        if len(connected) != 1:
+            return ONE_ENCODER + (" Both are connected." if connected else " Neither is connected.")
+        expected = {"positive": io.String.io_type, "negative": io.String.io_type, "clip": io.Clip.io_type,
+                    "t5": T5Encoder.io_type}
+        for name, received in input_types.items():
+            if name in expected and not bridge.link_type_fits(received, expected[name]):
+                return (f"EchoVideo Text Encode: '{name}' is linked to an output of type {received}; it takes "
+                        f"{expected[name]}")
+        return True
+
+    @classmethod
     def check_lazy_status(cls, positive=None, negative=None, **encoders):
         """Both encoder inputs are lazy: ComfyUI names the connected ones here before running their loaders, so
         connecting both is refused before a T5 is loaded in vain; the connected one is then evaluated."""

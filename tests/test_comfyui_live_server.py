@@ -1,7 +1,7 @@
 """A real, headless ComfyUI server (CPU) started by this module, followed on its websocket:
 - Cancel, as the editor's Cancel button does it: POST /interrupt while the EchoVideo Sampler runs. The prompt must
   end as interrupted (not as an error) before its last step, and the next prompt must run and write its video.
-- Text Encode with both encoders connected is refused before either loader runs (lazy inputs)."""
+- Text Encode with both encoders connected is refused when queued, before any node runs."""
 import asyncio
 import copy
 import json
@@ -179,16 +179,22 @@ def test_cancel_stops_the_sampler_and_the_next_prompt_runs(server):
     assert path.is_file() and path.stat().st_size > 0
 
 
-def test_text_encode_with_two_encoders_fails_before_either_loader_runs(server):
-    prompt = json.load(open(TWIN))
+def test_text_encode_with_two_encoders_is_refused_at_queue_time(server):
+    """Refused by POST /prompt itself (Text Encode's validate_inputs sees both links), so no node runs."""
+    import urllib.error
+
+    # without the PreviewImage branch, which does not need Text Encode and would be queued on its own
+    prompt = {k: n for k, n in json.load(open(TWIN)).items() if n["class_type"] != "PreviewImage"}
     encode = node_id(prompt, "EchoVideoTextEncode")
-    t5_loader = node_id(prompt, "EchoVideoT5Loader")
-    prompt[t5_loader]["inputs"]["precision"] = "fp32"  # not the earlier prompts' (cached) loader output
     prompt["90"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": make_tiny_models.NAMES["t5"], "type": "sd3"}}
     prompt[encode]["inputs"]["clip"] = ["90", 0]
-    events, _, _ = asyncio.run(run_prompt(server, prompt))
-    kind, data = events[-1]
-    assert kind == "execution_error" and data["node_id"] == encode, (kind, data)
-    assert "connect exactly one text encoder" in data["exception_message"]
-    started = {d.get("node") for k, d in events if k == "executing"}
-    assert not started & {t5_loader, "90"}, f"a loader ran before the refusal: {started}"
+    req = urllib.request.Request(server["base"] + "/prompt", data=json.dumps({"prompt": prompt}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=30)
+    assert refused.value.code == 400
+    body = json.loads(refused.value.read())
+    errors = body["node_errors"][encode]["errors"]
+    assert any("connect exactly one text encoder" in e["details"] and "Both are connected" in e["details"]
+               for e in errors), errors
+    assert get_json(server["base"], "/queue") == {"queue_running": [], "queue_pending": []}

@@ -35,6 +35,9 @@ def node_of(wf, class_type):
     return next(n for n in wf.values() if n["class_type"] == class_type)
 
 
+UNLINK = object()  # bad_prompts: remove the input's link
+
+
 def bad_prompts():
     """(file name, prompt, text the error must contain); the last one is good and must run after them."""
     base = load("echovideo_faceid_t2v_tiny_api.json")
@@ -43,9 +46,13 @@ def bad_prompts():
             ("bad_frames", ("EchoVideoFaceFrameEncode", "num_frames", 10), "num_frames: got 10, needs 8k+1"),
             ("bad_width", ("EchoVideoFaceFrameEncode", "width", 72), "width: got 72, needs a positive multiple of 16"),
             ("missing_model", ("EchoVideoModelLoader", "model_name", "missing_echo.safetensors"),
-             "missing_echo.safetensors")]:
+             "missing_echo.safetensors"),
+            ("no_text_encoder", ("EchoVideoTextEncode", "t5", UNLINK), "Neither is connected")]:
         wf = copy.deepcopy(base)
-        node_of(wf, ct)["inputs"][key] = value
+        if value is UNLINK:
+            del node_of(wf, ct)["inputs"][key]
+        else:
+            node_of(wf, ct)["inputs"][key] = value
         # without this, /prompt queues the still-valid PreviewImage branch (200 + node_errors)
         wf = {k: n for k, n in wf.items() if n["class_type"] != "PreviewImage"}
         out.append((name, wf, want))

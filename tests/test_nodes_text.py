@@ -147,6 +147,21 @@ def test_text_encode_needs_exactly_one_encoder(hf_t5):
         comfy_env.run_node(tn.TextEncode, positive="a", negative="", clip=object(), t5=object())
 
 
+def test_text_encode_checks_its_links_at_queue_time():
+    """validate_inputs gets the linked inputs' types from ComfyUI (which then skips its own type check for this
+    node): one encoder of the right type passes; none, both, or a wrong type is refused before anything runs."""
+    tn = comfy_env.pack_module("nodes.text_nodes")
+    ok = tn.TextEncode.validate_inputs
+    assert ok({"t5": "ECHOVIDEO_T5"}) is True
+    assert ok({"clip": "CLIP", "positive": "STRING"}) is True
+    assert ok({}).endswith("Neither is connected.") and "exactly one text encoder" in ok({})
+    assert ok({"clip": "CLIP", "t5": "ECHOVIDEO_T5"}).endswith("Both are connected.")
+    assert ok({"t5": "MODEL"}) == "EchoVideo Text Encode: 't5' is linked to an output of type MODEL; it takes ECHOVIDEO_T5"
+    assert "'clip' is linked to an output of type ECHOVIDEO_T5; it takes CLIP" in ok({"clip": "ECHOVIDEO_T5"})
+    assert "'positive' is linked to an output of type INT" in ok({"t5": "ECHOVIDEO_T5", "positive": "INT"})
+    assert ok({"t5": "*"}) is True  # ComfyUI's wildcard fits, as in its own check
+
+
 def test_t5_loader_missing_file_is_clear():
     tn = comfy_env.pack_module("nodes.text_nodes")
     with pytest.raises(FileNotFoundError, match="searched.*README"):
