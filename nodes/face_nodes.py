@@ -143,10 +143,15 @@ class FaceEncode(io.ComfyNode):
         if device != "cpu":  # weights plus about as much again for the runtimes' work buffers
             bridge.make_room(2 * sum(os.path.getsize(f) for f in paths.files if os.path.isfile(f)), device)
         models = load_face_models(paths, device)
-        try:
+        progress = bridge.Progress(len(photos), previews=False)
+
+        def on_photo(done, total):  # cancel between photos; a batch shows its progress
             bridge.check_interrupt()
+            progress(done, total)
+
+        try:
             idents = extract_identities(models, photos, face_index=int(face_index), whole_image=bool(whole_image),
-                                        average_embeddings=bool(average_embeddings))
+                                        average_embeddings=bool(average_embeddings), on_photo=on_photo)
         finally:
             if device != "cpu":  # outside ComfyUI's accounting: free the VRAM before the DiT needs it
                 release_face_models(models)

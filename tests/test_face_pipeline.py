@@ -236,6 +236,29 @@ def test_batch_average_embeddings(models):
     torch.testing.assert_close(got.norm(), own.norm(dim=1).mean(), rtol=1e-3, atol=0)
 
 
+def test_batch_reports_each_photo_and_can_stop_between_them(models, monkeypatch):
+    from echovideo.face import pipeline as face_pipeline
+
+    imgs = [noise(480, 640, s) for s in (1, 2, 3)]
+    seen = []
+    F.extract_identities(models, imgs, average_embeddings=True, on_photo=lambda done, total: seen.append((done, total)))
+    assert seen == [(0, 3), (1, 3), (2, 3), (3, 3)]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(done, total):
+        if done == 1:
+            raise Stop
+
+    extracted = []
+    real = face_pipeline.extract_identity
+    monkeypatch.setattr(face_pipeline, "extract_identity", lambda *a, **k: extracted.append(1) or real(*a, **k))
+    with pytest.raises(Stop):
+        F.extract_identities(models, imgs, average_embeddings=True, on_photo=stop_after_first)
+    assert len(extracted) == 1  # the second and third photos never ran
+
+
 def test_batch_error_names_the_image(models):
     with pytest.raises(F.NoFaceFoundError, match="image 2 of 2: no face found"):
         F.extract_identities(models, [noise(480, 640), np.zeros((480, 640, 3), np.uint8)])

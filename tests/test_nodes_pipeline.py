@@ -141,6 +141,35 @@ def test_sampler_progress_and_interrupt(env, monkeypatch):
     assert chunks == [1] and asked == [20000 * H * W * 4 + 17 * 3 * H * W * (2 * 4 + 4)]
 
 
+def test_face_encode_reports_each_photo_and_cancels_between_them(env, monkeypatch):
+    import comfy.model_management as mm
+    import comfy.utils
+
+    fn = comfy_env.pack_module("nodes.face_nodes")
+    (enc,) = comfy_env.run_node(fn.FaceEncoderLoader, siglip_name="siglip_tiny.safetensors", face_device="cpu")
+    three = torch.cat([photo(0), photo(1), photo(2)], dim=0)
+    reported = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda v, t, preview, node_id=None: reported.append((v, t)))
+    comfy_env.run_node(fn.FaceEncode, face_encoder=enc, image=three, face_index=0, whole_image=False,
+                       average_embeddings=True)
+    assert reported == [(0, 3), (1, 3), (2, 3), (3, 3)]
+
+    def cancel_after_first_photo(v, t, preview, node_id=None):
+        reported.append((v, t))
+        if v == 1:
+            mm.interrupt_current_processing(True)
+
+    reported.clear()
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", cancel_after_first_photo)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            comfy_env.run_node(fn.FaceEncode, face_encoder=enc, image=three, face_index=0, whole_image=False,
+                               average_embeddings=True)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert reported == [(0, 3), (1, 3)]  # stopped before the second photo
+
+
 def sample_until_cancelled(out, cfg=1.0):
     """Runs the Sampler on run_chain's outputs, expecting a cancel; clears the cancel flag afterwards."""
     import comfy.model_management as mm

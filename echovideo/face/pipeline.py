@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -203,8 +203,12 @@ def extract_identities(
     average_embeddings: bool = False,
     detector: Optional[FaceDetector] = None,
     fallback_detector: Optional[FaceDetector] = None,
+    on_photo: Optional[Callable[[int, int], None]] = None,
 ) -> list[FaceIdentity]:
     """Several photos (list of HxWx3, or [N,H,W,3]) -> one FaceIdentity per photo, in order.
+
+    on_photo(done, total) is called before the first photo (done = 0) and after each one: a progress bar, or a
+    cancel check that raises.
 
     average_embeddings=True: every returned identity's id_embedding is the
     batch average (see `mean_embedding`: mean, then rescaled to the mean
@@ -216,12 +220,16 @@ def extract_identities(
         raise FaceError("image batch is empty; connect at least one photo with a face")
     out = []
     for i, img in enumerate(items):
+        if on_photo is not None:
+            on_photo(i, len(items))
         try:
             out.append(extract_identity(models, img, face_index, whole_image, detector, fallback_detector))
         except FaceError as e:
             if len(items) == 1:
                 raise
             raise type(e)(f"image {i + 1} of {len(items)}: {e}") from e
+    if on_photo is not None:
+        on_photo(len(items), len(items))
     if average_embeddings and len(out) > 1:
         avg = _average(out)
         out = [replace(ident, id_embedding=avg.clone()) for ident in out]
