@@ -65,18 +65,19 @@ def resize_long_side(image: np.ndarray, max_long_side: int = MAX_LONG_SIDE) -> n
     returned unchanged.
     """
     h, w = image.shape[:2]
-    if max(h, w) <= max_long_side:
-        check_not_too_elongated(h, w, w, h)
+    k = min(1.0, max_long_side / max(h, w))
+    new_h, new_w = int(h * k), int(w * k)
+    check_not_too_elongated(new_h, new_w, h, w)
+    if k == 1.0:
         return image
-    k = max_long_side / max(h, w)
-    check_not_too_elongated(int(h * k), int(w * k), w, h)
-    return cv2.resize(image, (int(w * k), int(h * k)), interpolation=cv2.INTER_LANCZOS4)
+    return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LANCZOS4)
 
 
 DETECTOR_SIDE = 640  # insightface's detector input: the long side scaled to it
 
 
-def check_not_too_elongated(h: int, w: int, orig_w: int, orig_h: int) -> None:
-    """A side that the detector's downscale would bring under 2 pixels: no face can be found in it."""
+def check_not_too_elongated(h: int, w: int, photo_h: int, photo_w: int) -> None:
+    """h x w, the photo after the long-side downscale: a side that it or the detector's scaling brings under 2
+    pixels cannot hold a face."""
     if min(h, w) < 2 or int(DETECTOR_SIDE * min(h, w) / max(h, w)) < 2:
-        raise FaceError(f"image: {orig_w}x{orig_h} is too elongated to hold a face; crop it around the face")
+        raise FaceError(f"image: {photo_w}x{photo_h} is too elongated to hold a face; crop it around the face")
