@@ -425,6 +425,20 @@ def soft_empty_cache() -> None:
     mm.soft_empty_cache()
 
 
+def choice_problem(node: str, name: str, value, options) -> Optional[str]:
+    """Queue-time check of a combo value against its options, which ComfyUI 0.3.x makes for V1 nodes only;
+    None for a fitting or a linked (None) value."""
+    if value is None or value in options:
+        return None
+    return f"{node}: {name}: got {value!r}, needs one of: {', '.join(map(str, options))}"
+
+
+def queue_time_result(*problems: Optional[str]):
+    """validate_inputs' answer: True, or every problem found, joined."""
+    found = [p for p in problems if p]
+    return "; ".join(found) if found else True
+
+
 def link_type_fits(received: str, expected: str) -> bool:
     """ComfyUI's own link-type rule (for nodes whose validate_inputs takes input_types, which switches it off)."""
     from comfy_execution.validation import validate_node_input

@@ -13,6 +13,7 @@ from .types import (Conditioning, ConditioningData, FaceEncoder, FaceEncoderBund
 
 CATEGORY = "EchoVideo"
 NO_SIGLIP = "(no SigLIP in models/clip_vision)"
+FACE_DEVICES = ["auto", "cpu"]
 
 
 def siglip_choices() -> list:
@@ -52,13 +53,29 @@ class FaceEncoderLoader(io.ComfyNode):
                 io.Combo.Input("siglip_name", options=siglip_choices(),
                                tooltip="SigLIP vision model (google/siglip-base-patch16-224) file or folder under "
                                        "models/clip_vision."),
-                io.Combo.Input("face_device", options=["auto", "cpu"], default="auto",
+                io.Combo.Input("face_device", options=FACE_DEVICES, default="auto",
                                tooltip="Where face detection/recognition runs. auto: the GPU (ONNX models on it "
                                        "when onnxruntime-gpu is installed), freed after each Face Encode; cpu: "
                                        "kept loaded on the CPU."),
             ],
             outputs=[FaceEncoder.Output(display_name="face_encoder", tooltip="Face models + SigLIP.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, siglip_name=None, face_device=None):
+        from .model_nodes import entry_problem
+
+        try:
+            find_face_model_paths()
+            face_problem = None
+        except FileNotFoundError as e:
+            face_problem = str(e)
+        except ImportError as e:  # e.g. opencv missing after a failed install: say so at queue time
+            face_problem = (f"EchoVideo Face Encoder Loader: the face pipeline's Python packages do not import ({e}); "
+                            "install the pack's requirements.txt")
+        return bridge.queue_time_result(
+            face_problem or entry_problem("clip_vision", siglip_name),  # one "also missing" list, as at run time
+            bridge.choice_problem("EchoVideo Face Encoder Loader", "face_device", face_device, FACE_DEVICES))
 
     @classmethod
     def execute(cls, siglip_name, face_device="auto") -> io.NodeOutput:

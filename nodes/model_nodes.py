@@ -52,6 +52,36 @@ def resolve_entry(folder: str, name: str) -> str:
     return bridge.resolve_entry(folder, name)
 
 
+def entry_problem(folder: str, name) -> str | None:
+    """resolve_entry at queue time: None when the entry is found (or the input is linked), else the message
+    naming the folders searched, so a missing model is refused before any other node runs."""
+    if name is None:
+        return None
+    try:
+        resolve_entry(folder, name)
+    except FileNotFoundError as e:
+        return str(e)
+    return None
+
+
+def attention_problem(attention) -> str | None:
+    """None, or why the Model Loader's attention backend cannot be used (e.g. sageattention not installed)."""
+    from echovideo.attention import get_attention
+    from echovideo.errors import EchoVideoInputError
+
+    if attention is None:
+        return None
+    try:
+        get_attention(attention)
+    except EchoVideoInputError as e:
+        return f"EchoVideo Model Loader: {e}"
+    return None
+
+
+WEIGHT_DTYPES = ["default", "bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2"]
+PRECISIONS = ["default", "bf16", "fp16", "fp32"]
+
+
 class ModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -66,7 +96,7 @@ class ModelLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("model_name", options=_choices("diffusion_models", "(no model in models/diffusion_models)"),
                                tooltip="EchoVideo transformer file or folder under models/diffusion_models."),
-                io.Combo.Input("weight_dtype", options=["default", "bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2"],
+                io.Combo.Input("weight_dtype", options=WEIGHT_DTYPES,
                                default="default",
                                tooltip="Storage dtype of the weights. fp8 halves memory; layers are cast to the "
                                        "compute dtype one at a time. default: ComfyUI's --*-unet precision flag "
@@ -82,15 +112,20 @@ class ModelLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, model_name=None, weight_dtype=None, attention=None):
+        return bridge.queue_time_result(
+            entry_problem("diffusion_models", model_name),
+            bridge.choice_problem("EchoVideo Model Loader", "weight_dtype", weight_dtype, WEIGHT_DTYPES),
+            attention_problem(attention))
+
+    @classmethod
     def execute(cls, model_name, weight_dtype="default", attention="sdpa") -> io.NodeOutput:
-        from echovideo.attention import get_attention
         from echovideo.checkpoint import load_transformer, main_stored_dtype, read_header
         from echovideo.errors import EchoVideoInputError
 
-        try:
-            get_attention(attention)  # before loading: a backend problem is not the file's
-        except EchoVideoInputError as e:
-            raise EchoVideoInputError(f"EchoVideo Model Loader: {e}") from None
+        problem = attention_problem(attention)
+        if problem:  # before loading: a backend problem is not the file's
+            raise EchoVideoInputError(problem)
         path = resolve_entry("diffusion_models", model_name)
         device = bridge.load_device("unet")
         with named_errors("EchoVideo Model Loader", path, "the EchoVideo transformer"):
@@ -117,12 +152,17 @@ class VaeLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("vae_name", options=_choices("vae", "(no VAE in models/vae)"),
                                tooltip="CogVideoX VAE file or folder under models/vae."),
-                io.Combo.Input("precision", options=["default", "bf16", "fp16", "fp32"], default="default",
+                io.Combo.Input("precision", options=PRECISIONS, default="default",
                                tooltip="VAE dtype. default: ComfyUI's --fp32/--bf16/--fp16-vae flag if given, "
                                        "else bf16 where the device has it (as the reference), else fp32."),
             ],
             outputs=[Vae.Output(display_name="vae", tooltip="CogVideoX VAE for Face Frame Encode and VAE Decode.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, vae_name=None, precision=None):
+        return bridge.queue_time_result(entry_problem("vae", vae_name),
+                                        bridge.choice_problem("EchoVideo VAE Loader", "precision", precision, PRECISIONS))
 
     @classmethod
     def execute(cls, vae_name, precision="default") -> io.NodeOutput:

@@ -14,7 +14,7 @@ import torch
 
 from echovideo.step_cache import DEFAULT_THRESHOLD, DEFAULT_WARMUP_STEPS
 
-from .bridge import io
+from .bridge import choice_problem, io, queue_time_result
 from .types import CompileSettingsData, Model, StepCacheSettings
 
 CATEGORY = "EchoVideo"
@@ -73,11 +73,15 @@ class CompileSettingsNode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, backend=None, mode=None):
+        return queue_time_result(choice_problem("EchoVideo Compile Settings", "backend", backend, BACKENDS),
+                                 choice_problem("EchoVideo Compile Settings", "mode", mode, MODES))
+
+    @classmethod
     def execute(cls, model, backend="inductor", mode="default", dynamic=False) -> io.NodeOutput:
-        if backend not in BACKENDS:
-            raise ValueError(f"EchoVideo Compile Settings: backend: got {backend!r}, needs one of {BACKENDS}")
-        if mode not in MODES:
-            raise ValueError(f"EchoVideo Compile Settings: mode: got {mode!r}, needs one of {MODES}")
+        problem = cls.validate_inputs(backend=backend, mode=mode)
+        if problem is not True:
+            raise ValueError(problem)
         problem = compile_problem(backend, model.device)
         if problem:
             raise RuntimeError(f"EchoVideo Compile Settings: backend: {problem}")

@@ -14,6 +14,7 @@ from .types import T5Bundle, T5Encoder, TextEmbeds, TextEmbedsData
 
 CATEGORY = "EchoVideo"
 NONE_FOUND = "(no T5 in models/text_encoders)"
+T5_PRECISIONS = ["default", "bf16", "fp16", "fp32"]
 
 
 def t5_choices() -> list:
@@ -44,13 +45,21 @@ class T5Loader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("t5_name", options=t5_choices(),
                                tooltip="Folder or file under models/text_encoders (e.g. the released text_encoder/ folder)."),
-                io.Combo.Input("precision", options=["default", "bf16", "fp16", "fp32"], default="default",
+                io.Combo.Input("precision", options=T5_PRECISIONS, default="default",
                                tooltip="Weight and compute dtype. default: ComfyUI's --fp16/--bf16/--fp32-text-enc "
                                        "flag if given, else bf16 (the reference's) where the device supports it, "
                                        "else fp16 (the wo layers stay fp32)."),
             ],
             outputs=[T5Encoder.Output(display_name="t5", tooltip="T5 encoder for EchoVideo Text Encode.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, t5_name=None, precision=None):
+        from .model_nodes import entry_problem
+
+        return bridge.queue_time_result(
+            entry_problem("text_encoders", t5_name),
+            bridge.choice_problem("EchoVideo T5 Loader", "precision", precision, T5_PRECISIONS))
 
     @classmethod
     def execute(cls, t5_name, precision="default") -> io.NodeOutput:

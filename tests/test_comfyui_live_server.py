@@ -1,7 +1,8 @@
 """A real, headless ComfyUI server (CPU) started by this module, followed on its websocket:
 - Cancel, as the editor's Cancel button does it: POST /interrupt while the EchoVideo Sampler runs. The prompt must
   end as interrupted (not as an error) before its last step, and the next prompt must run and write its video.
-- Text Encode with both encoders connected is refused when queued, before any node runs."""
+- Text Encode with both encoders connected is refused when queued, before any node runs.
+- A loader naming a missing model or an unknown option is refused when queued, before any node runs."""
 import asyncio
 import copy
 import json
@@ -197,4 +198,26 @@ def test_text_encode_with_two_encoders_is_refused_at_queue_time(server):
     errors = body["node_errors"][encode]["errors"]
     assert any("connect exactly one text encoder" in e["details"] and "Both are connected" in e["details"]
                for e in errors), errors
+    assert get_json(server["base"], "/queue") == {"queue_running": [], "queue_pending": []}
+
+
+@pytest.mark.parametrize("class_type, key, value, want", [
+    ("EchoVideoModelLoader", "model_name", "missing_echo.safetensors",
+     "model 'missing_echo.safetensors' not found in the 'diffusion_models' folders"),
+    ("EchoVideoVAELoader", "precision", "fp64", "EchoVideo VAE Loader: precision: got 'fp64', needs one of")])
+def test_a_loader_with_a_missing_model_or_unknown_option_is_refused_at_queue_time(server, class_type, key, value, want):
+    """Refused by POST /prompt (the loader's validate_inputs), before the T5 or any other node is loaded."""
+    import urllib.error
+
+    # without the PreviewImage branch (the face crops), which needs neither loader and would be queued on its own
+    prompt = {k: n for k, n in json.load(open(TWIN)).items() if n["class_type"] != "PreviewImage"}
+    loader = node_id(prompt, class_type)
+    prompt[loader]["inputs"][key] = value
+    req = urllib.request.Request(server["base"] + "/prompt", data=json.dumps({"prompt": prompt}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=30)
+    assert refused.value.code == 400
+    errors = json.loads(refused.value.read())["node_errors"][loader]["errors"]
+    assert any(want in e["details"] for e in errors), errors
     assert get_json(server["base"], "/queue") == {"queue_running": [], "queue_pending": []}

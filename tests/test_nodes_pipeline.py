@@ -521,6 +521,65 @@ def test_a_fresh_install_hears_of_every_missing_model_at_once(env, monkeypatch, 
     assert "models/diffusion_models" in also and "models/clip_vision" in also and "insightface" not in also
 
 
+def test_loaders_refuse_missing_models_and_unknown_options_at_queue_time(env, monkeypatch, tmp_path):
+    """ComfyUI 0.3.x checks V1 combo values only: the loaders' validate_inputs refuse a missing model or an
+    unknown option before any node runs, with the run-time message; a linked input (None) is left to run time."""
+    import folder_paths
+
+    mn = comfy_env.pack_module("nodes.model_nodes")
+    tn = comfy_env.pack_module("nodes.text_nodes")
+    fn = comfy_env.pack_module("nodes.face_nodes")
+    sp = comfy_env.pack_module("nodes.speed_nodes")
+    good = [(mn.ModelLoader, dict(model_name="echo_tiny.safetensors", weight_dtype="fp8_e4m3fn", attention="sdpa")),
+            (mn.VaeLoader, dict(vae_name="vae_tiny.safetensors", precision="bf16")),
+            (tn.T5Loader, dict(t5_name="t5_tiny.safetensors", precision="fp32")),
+            (fn.FaceEncoderLoader, dict(siglip_name="siglip_tiny.safetensors", face_device="cpu")),
+            (sp.CompileSettingsNode, dict(backend="eager", mode="reduce-overhead"))]
+    for node, kw in good:
+        assert node.validate_inputs(**kw) is True, node
+        assert node.validate_inputs(**{k: None for k in kw}) is True, node  # linked
+    for node, name, folder in ((mn.ModelLoader, "model_name", "diffusion_models"), (mn.VaeLoader, "vae_name", "vae"),
+                               (tn.T5Loader, "t5_name", "text_encoders"),
+                               (fn.FaceEncoderLoader, "siglip_name", "clip_vision")):
+        msg = node.validate_inputs(**{name: "gone.safetensors"})
+        assert f"model 'gone.safetensors' not found in the '{folder}' folders; searched: " in msg, msg
+        assert "README" in msg and "Also missing" not in msg, msg
+        with pytest.raises(FileNotFoundError) as ran:  # the same words as at run time
+            comfy_env.run_node(node, **{name: "gone.safetensors"})
+        assert str(ran.value) == msg
+    for node, name, value, want in (
+            (mn.ModelLoader, "weight_dtype", "fp4", "EchoVideo Model Loader: weight_dtype: got 'fp4', needs one of: "
+                                                    "default, bf16, fp16, fp32, fp8_e4m3fn, fp8_e5m2"),
+            (mn.ModelLoader, "attention", "flash9", "EchoVideo Model Loader: attention: got 'flash9', needs one of"),
+            (mn.VaeLoader, "precision", "fp64", "EchoVideo VAE Loader: precision: got 'fp64', needs one of: default"),
+            (tn.T5Loader, "precision", "int8", "EchoVideo T5 Loader: precision: got 'int8'"),
+            (fn.FaceEncoderLoader, "face_device", "cuda", "EchoVideo Face Encoder Loader: face_device: got 'cuda', "
+                                                          "needs one of: auto, cpu"),
+            (sp.CompileSettingsNode, "backend", "nope", "EchoVideo Compile Settings: backend: got 'nope'")):
+        msg = node.validate_inputs(**{name: value})
+        assert isinstance(msg, str) and msg.startswith(want), msg
+    both = mn.ModelLoader.validate_inputs(model_name="gone.safetensors", weight_dtype="fp4", attention="sdpa")
+    assert "gone.safetensors" in both and "weight_dtype: got 'fp4'" in both  # every problem at once
+    # the placeholder of an empty folder is refused too, and face models missing are named once
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "insightface", ([str(tmp_path / "nowhere")], set()))
+    msg = fn.FaceEncoderLoader.validate_inputs(siglip_name="siglip_tiny.safetensors", face_device="cpu")
+    assert "antelopev2" in msg and "nowhere" in msg and "clip_vision" not in msg, msg
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "vae", ([str(empty)], {".safetensors"}))
+    folder_paths.filename_list_cache.pop("vae", None)
+    placeholder = mn.VaeLoader.define_schema().inputs[0].options[0]
+    assert placeholder == "(no VAE in models/vae)"
+    assert "model '(none selected)' not found in the 'vae' folders" in mn.VaeLoader.validate_inputs(vae_name=placeholder)
+
+    def no_cv2():
+        raise ImportError("No module named 'cv2'")
+
+    monkeypatch.setattr(comfy_env.pack_module("nodes.bridge"), "face_model_dirs", no_cv2)
+    msg = fn.FaceEncoderLoader.validate_inputs(siglip_name="siglip_tiny.safetensors", face_device="cpu")
+    assert "do not import (No module named 'cv2')" in msg and "requirements.txt" in msg, msg
+
+
 def test_text_width_mismatch_is_clear(env):
     from types import SimpleNamespace
 
