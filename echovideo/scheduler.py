@@ -93,14 +93,16 @@ class CogVideoXDPMScheduler:
             ts = np.round(np.arange(n, 0, -n / num_inference_steps)).astype(np.int64) - 1
         self.timesteps = torch.from_numpy(ts.copy()).to(device)
 
-    def _alpha_bar(self, timestep: int) -> torch.Tensor:
-        return self.alphas_cumprod[timestep] if timestep >= 0 else self.final_alpha_cumprod
+    def _alpha_bar_prev(self, prev_timestep: int) -> torch.Tensor:
+        return self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
 
     def _step_coefficients(self, timestep: int, timestep_back: Optional[int]) -> dict:
         """Scalars of one step: the x0 estimate's (sqrt(a_t), sqrt(1 - a_t)), DPM-Solver++ 2M's multipliers
         of the sample, of the x0 estimate (and of the previous one) and of the noise."""
         prev_timestep = timestep - self.config["num_train_timesteps"] // self.num_inference_steps
-        a_t, a_prev = self._alpha_bar(timestep), self._alpha_bar(prev_timestep)
+        # the trailing grid's float steps give some step counts (61, 103, 121, ...) one extra step at t = -1; like
+        # diffusers, index it from the end (the last alpha-bar, 0 at zero terminal SNR), not as "before t = 0"
+        a_t, a_prev = self.alphas_cumprod[timestep], self._alpha_bar_prev(prev_timestep)
 
         def log_snr_half(a):  # lambda = log(sqrt(a / (1 - a)))
             return ((a / (1 - a)) ** 0.5).log()

@@ -48,7 +48,8 @@ def run_both(config, steps, shape=(1, 3, 4, 5, 6), dtype=torch.float32):
     return x_ours
 
 
-@pytest.mark.parametrize("name,steps", list(itertools.product(CONFIGS, [1, 2, 3, 7, 50])))
+# 61 and 103: the trailing grid gives these one extra step, at t = -1
+@pytest.mark.parametrize("name,steps", list(itertools.product(CONFIGS, [1, 2, 3, 7, 50, 61, 103])))
 def test_steps_equal_diffusers_bit_for_bit(name, steps):
     final = run_both(CONFIGS[name], steps)
     assert torch.isfinite(final).all()
@@ -93,8 +94,10 @@ def test_step_draws_noise_once_then_twice():
     assert draws == 1 + 2 + 2 + 1
 
 
-def test_sample_uses_this_scheduler_and_matches_diffusers(monkeypatch):
-    """sample() with a zero DiT gives the same latents with diffusers' class swapped in for ours."""
+@pytest.mark.parametrize("steps", [5, 61])
+def test_sample_uses_this_scheduler_and_matches_diffusers(monkeypatch, steps):
+    """sample() with a zero DiT gives the same latents with diffusers' class swapped in for ours (61 steps: one
+    more DiT call, at t = -1, as in the published pipeline)."""
     from echovideo import tiny
 
     p = tiny.PRESETS["shared"]
@@ -107,9 +110,11 @@ def test_sample_uses_this_scheduler_and_matches_diffusers(monkeypatch):
 
     ctx = torch.randn(1, p.text_len, p.text_dim)
     lat = torch.randn(1, 2, p.latent_channels, 8, 8)
-    ours = sampling.sample(dit, ctx, ctx, lat, steps=5, seed=7, dit_caller=Zero(dit))
+    caller = Zero(dit)
+    ours = sampling.sample(dit, ctx, ctx, lat, steps=steps, seed=7, dit_caller=caller)
+    assert torch.isfinite(ours).all() and caller.calls == steps + (steps == 61)
     monkeypatch.setattr(sampling, "CogVideoXDPMScheduler", DiffusersScheduler)
-    theirs = sampling.sample(dit, ctx, ctx, lat, steps=5, seed=7, dit_caller=Zero(dit))
+    theirs = sampling.sample(dit, ctx, ctx, lat, steps=steps, seed=7, dit_caller=Zero(dit))
     assert torch.equal(ours, theirs)
 
 
