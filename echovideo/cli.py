@@ -5,6 +5,7 @@
 """
 import argparse
 import importlib.util
+import math
 import os
 import sys
 import time
@@ -108,7 +109,8 @@ def parse_args(argv=None):
 def check_args(ap, args):
     check_size_options(ap, args.width, args.height, args.frames)
     check_shared_options(ap, args)
-    require(ap, args.cfg >= 1.0, "--cfg", args.cfg, "at least 1.0 (1.0 turns guidance off)")
+    require(ap, math.isfinite(args.cfg) and args.cfg >= 1.0, "--cfg", args.cfg,
+            "a finite number, at least 1.0 (1.0 turns guidance off)")
     require(ap, args.fps >= 1, "--fps", args.fps, "at least 1")
     require(ap, args.face_index >= 0, "--face-index", args.face_index, "0 (largest face) or more")
     require(ap, -2 ** 63 <= args.seed < 2 ** 64, "--seed", args.seed, "a 64-bit integer")
@@ -157,6 +159,7 @@ def generate_video(args):
     face_models = face.load_face_models(
         face.FaceModelPaths(os.path.join(m, "insightface"), os.path.join(m, "facexlib")), device=args.device)
     ident = face.extract_identity(face_models, photo, face_index=args.face_index, whole_image=args.whole_image)
+    del face_models  # with the cache's reference dropped next, the face models are freed before the T5 loads
     face.release_face_models()
     print(f"face: {ident.detector}, face {args.face_index} of {getattr(ident, 'face_count', '?')}")
 

@@ -107,6 +107,10 @@ def fused_linear_gelu_tanh(linear: nn.Module, x: torch.Tensor) -> Optional[torch
     try:
         return _linear_pointwise(x, weight, bias, "gelu", [], "tanh")
     except RuntimeError as e:  # a oneDNN build without this epilogue (some non-x86 CPUs): unfused from now on
+        from .errors import is_host_out_of_memory
+
+        if is_host_out_of_memory(e):  # the RAM's fault, not the kernel's: the fused path stays
+            raise
         _disable_linear_pointwise(e)
         return None
 

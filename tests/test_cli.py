@@ -110,6 +110,7 @@ def test_unreadable_photo_is_one_line_naming_the_image(tiny_models, tmp_path):
 @pytest.mark.parametrize("option, value, says", [
     ("--fps", "0", "at least 1"), ("--out", "x.avi", ".mp4, .webp, .gif"),
     ("--cfg", "-3", "1.0 turns guidance off"), ("--cfg", "0.5", "at least 1.0"), ("--cfg", "nan", "at least 1.0"),
+    ("--cfg", "inf", "a finite number"),
     ("--step-cache", "-1", "from 0 to 1"), ("--step-cache", "1.5", "from 0 to 1"), ("--steps", "0", "at least 1"),
     ("--steps", "1001", "at most 1000"),
     ("--device", "cdua", "torch device"), ("--device", "cuda:99", "CUDA devices"),
@@ -138,6 +139,8 @@ def test_mp4_without_pyav_fails_before_loading(tmp_path, capsys, monkeypatch):
 def record_run(monkeypatch, root, out, *extra):
     """Runs the CLI on the tiny models with pipeline.generate replaced; returns the face/generate call order
     and what generate received (positional face_crop and id_embedding, the keywords, the models)."""
+    import weakref
+
     import torch
 
     from echovideo import face, pipeline
@@ -147,7 +150,9 @@ def record_run(monkeypatch, root, out, *extra):
 
     def recording_load(paths, device="cpu"):
         events.append(("load_face_models", device))
-        return load(paths, device=device)
+        models = load(paths, device=device)
+        seen["face_models"] = weakref.ref(models)
+        return models
 
     def recording_extract(*a, **kw):
         events.append("extract_identity")
@@ -155,7 +160,8 @@ def record_run(monkeypatch, root, out, *extra):
 
     def recording_release(*a, **kw):
         events.append("release_face_models")
-        return release(*a, **kw)
+        release(*a, **kw)
+        seen["face_models_alive_after_release"] = seen["face_models"]() is not None
 
     def recording_generate(dit, vae, siglip_model, text_pos, text_neg, face_crop, id_embedding, *a, **kw):
         events.append("generate")
@@ -198,6 +204,7 @@ def test_run_options_reach_the_generation(tiny_models, tmp_path, monkeypatch):
     events, seen = record_run(monkeypatch, tiny_models, tmp_path / "c.webp", "--seed", "7", "--step-cache", "0.2",
                               "--dtype", "bf16", "--device", "cpu:0")  # cpu:0, not the default "cpu"
     assert events == [("load_face_models", "cpu:0"), "extract_identity", "release_face_models", "generate"]
+    assert seen["face_models_alive_after_release"] is False  # no reference left to them while the DiT runs
     assert seen["seed"] == 7
     caller = seen["dit_caller"]
     assert isinstance(caller, StepCache) and caller.threshold == 0.2 and caller.model is seen["dit"]

@@ -240,6 +240,24 @@ def test_fused_linear_gelu_falls_back_once_when_onednn_refuses(monkeypatch):
 
 
 @needs_onednn_linear
+def test_fused_linear_gelu_stays_after_running_out_of_ram(monkeypatch):
+    """A host out-of-memory error inside the fused call is raised as it is; the fused path is kept for later."""
+    from echovideo import ops
+    from echovideo.transformer import FeedForward
+
+    def out_of_ram(*args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 123 bytes")
+
+    monkeypatch.setattr(ops, "_linear_pointwise", out_of_ram)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    ff, x = FeedForward(16, torch.nn, None, None), torch.randn(2, 5, 16)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="DefaultCPUAllocator"):
+        ff(x)
+    assert ops._linear_pointwise is out_of_ram
+
+
+@needs_onednn_linear
 def test_fused_linear_gelu_declines_where_it_does_not_apply(monkeypatch):
     """Autograd, other dtypes, ComfyUI-style casting layers, oneDNN switched off and AVX2-only CPUs keep the
     plain path."""
