@@ -4,7 +4,9 @@
       --prompt "A man walks through a busy street..." --out output/echovideo.mp4
 """
 import argparse
+import contextlib
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -56,7 +58,21 @@ def check_device(ap, name):
                 repr(name), f"one of the {torch.cuda.device_count()} CUDA devices here, or cpu")
 
 
+def nearest_existing_folder(path: str) -> str:
+    """The output's folder, or its nearest existing parent (save_video creates the rest)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return folder
+
+
 MODEL_FOLDERS = dict(t5="text_encoders", siglip="clip_vision", vae="vae", dit="diffusion_models")
+
+
+def face_model_paths(models_dir):
+    from .face import FaceModelPaths
+
+    return FaceModelPaths(os.path.join(models_dir, "insightface"), os.path.join(models_dir, "facexlib"))
 
 
 def model_paths(models_dir, args) -> dict:
@@ -67,6 +83,9 @@ def model_paths(models_dir, args) -> dict:
         paths[key] = p = name if os.path.isabs(name) else os.path.join(models_dir, folder, name)
         if not os.path.exists(p):
             missing.append(f"--{key}: {folder} model {name!r} not found at {p}")
+    for p in face_model_paths(models_dir).files:
+        if not os.path.isfile(p):
+            missing.append(f"face model file {os.path.basename(p)!r} not found at {p}")
     if missing:
         raise SystemExit("error: " + "; ".join(missing) + ". Put the models there (see the README's model table) "
                          "or pass --t5/--siglip/--vae/--dit NAME (in its models folder) or an absolute path")
@@ -74,7 +93,8 @@ def model_paths(models_dir, args) -> dict:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m echovideo.cli", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models-dir", required=True, help="folder with diffusion_models/, vae/, text_encoders/, "
                                                         "clip_vision/, insightface/, facexlib/")
     ap.add_argument("--image", required=True, help="photo of the person")
@@ -100,7 +120,8 @@ def parse_args(argv=None):
                     metavar="THRESHOLD", help=f"skip DiT steps with the step cache (threshold: default {DEFAULT_THRESHOLD})")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
-                    help="compute dtype (default: bf16 on GPU, fp32 on CPU)")
+                    help="compute dtype (default: bf16 on GPU, fp32 on CPU; fp16: CogVideoX-5B can overflow, "
+                         "prefer bf16)")
     args = ap.parse_args(argv)
     check_args(ap, args)
     return args
@@ -118,12 +139,25 @@ def check_args(ap, args):
     require(ap, ext in OUTPUT_EXTENSIONS, "--out", repr(args.out), "a " + ", ".join(OUTPUT_EXTENSIONS) + " file name")
     require(ap, ext != ".mp4" or importlib.util.find_spec("av") is not None, "--out", repr(args.out),
             "PyAV for .mp4 (pip install av), or a .webp / .gif file name")
+    require(ap, not os.path.isdir(args.out) and os.access(nearest_existing_folder(args.out), os.W_OK), "--out",
+            repr(args.out), "a file name in a folder you can write to (not a folder)")
     require(ap, os.path.isfile(args.image), "--image", repr(args.image), "an existing image file")
     require(ap, args.tokenizer is None or os.path.isdir(args.tokenizer), "--tokenizer", repr(args.tokenizer),
             "an existing tokenizer folder")
     require(ap, os.path.isdir(os.path.expanduser(args.models_dir)), "--models-dir", repr(args.models_dir),
             "an existing folder")
     check_device(ap, args.device)
+
+
+@contextlib.contextmanager
+def reading(option: str, path: str, hint: str = "is it the right file, completely downloaded? Download it again"):
+    """A model or tokenizer that cannot be read (cut short, corrupt, not a model): one line naming the option."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, json.JSONDecodeError, OSError) as e:
+        raise SystemExit(f"error: {option}: {path} could not be read ({type(e).__name__}: {e}); {hint}") from None
 
 
 def main(argv=None):
@@ -153,26 +187,33 @@ def generate_video(args):
     tok_dir = args.tokenizer or text.find_tokenizer_beside(paths["t5"])
     if tok_dir is None:
         raise SystemExit(f"error: no T5 tokenizer beside {paths['t5']}; pass --tokenizer FOLDER")
+    if dtype == torch.float16:
+        print("warning: --dtype fp16: CogVideoX-5B can overflow in fp16 (NaN or black frames); the reference "
+              "computes in bf16 (--dtype bf16)", file=sys.stderr)
     start = time.time()
 
     photo = face.load_image_file(args.image)
-    face_models = face.load_face_models(
-        face.FaceModelPaths(os.path.join(m, "insightface"), os.path.join(m, "facexlib")), device=args.device)
+    face_models = face.load_face_models(face_model_paths(m), device=args.device)
     ident = face.extract_identity(face_models, photo, face_index=args.face_index, whole_image=args.whole_image)
     del face_models  # with the cache's reference dropped next, the face models are freed before the T5 loads
     face.release_face_models()
     print(f"face: {ident.detector}, face {args.face_index} of {getattr(ident, 'face_count', '?')}")
 
-    tokenizer = text.load_tokenizer(tok_dir)
-    t5 = text.load_t5_encoder(paths["t5"], dtype=dtype, device=args.device)
+    with reading("--tokenizer" if args.tokenizer else "the tokenizer beside --t5", tok_dir,
+                 "it needs the released tokenizer/ folder's files (pass --tokenizer FOLDER)"):
+        tokenizer = text.load_tokenizer(tok_dir)
+    with reading("--t5", paths["t5"]):
+        t5 = text.load_t5_encoder(paths["t5"], dtype=dtype, device=args.device)
     text_pos = text.encode_prompt(t5, tokenizer, args.prompt).float()
     text_neg = text.encode_prompt(t5, tokenizer, args.negative_prompt).float()
     del t5
 
-    siglip_model = load_siglip(paths["siglip"], dtype=dtype, device=args.device)  # as the node: the compute dtype
-    vae = vae_lib.load_vae(paths["vae"], dtype=torch.float32 if on_cpu else dtype,
-                           device=args.device)
-    dit = load_transformer(paths["dit"], compute_dtype=dtype, device=args.device)
+    with reading("--siglip", paths["siglip"]):
+        siglip_model = load_siglip(paths["siglip"], dtype=dtype, device=args.device)  # as the node: compute dtype
+    with reading("--vae", paths["vae"]):
+        vae = vae_lib.load_vae(paths["vae"], dtype=torch.float32 if on_cpu else dtype, device=args.device)
+    with reading("--dit", paths["dit"]):
+        dit = load_transformer(paths["dit"], compute_dtype=dtype, device=args.device)
     caller = StepCache(dit, threshold=args.step_cache) if args.step_cache is not None else None
 
     # a terminal: one progress line, rewritten; a log file: one line per step
@@ -187,7 +228,10 @@ def generate_video(args):
                                reference_image=ident.reference_image, callback=progress, dit_caller=caller)
     if not line_end:
         print(file=sys.stderr)  # ends the terminal's progress line
-    save_video(frames, args.out, fps=args.fps)
+    try:
+        save_video(frames, args.out, fps=args.fps)
+    except OSError as e:
+        raise SystemExit(f"error: --out: {args.out} could not be written ({type(e).__name__}: {e})") from None
     print(f"wrote {args.out}: {frames.shape[0]} frames {args.width}x{args.height} in {time.time() - start:.1f} s")
 
 

@@ -97,7 +97,37 @@ def test_valid_options_reach_the_model_paths(tmp_path):
     for option, folder in (("--t5", "text_encoders"), ("--siglip", "clip_vision"), ("--vae", "vae"),
                            ("--dit", "diffusion_models")):
         assert f"{option}: {folder} model " in msg, msg
+    for name in ("scrfd_10g_bnkps.onnx", "glintr100.onnx", "detection_Resnet50_Final.pth", "parsing_bisenet.pth"):
+        assert f"face model file '{name}' not found" in msg, msg  # the face models in the same one error
     assert "or an absolute path" in msg
+
+
+def test_unreadable_model_or_tokenizer_is_one_line_naming_the_option(tiny_models, tmp_path):
+    """A model file cut short or a folder without a tokenizer: one line naming the option, no traceback."""
+    m = tiny_models / "models"
+    for option, folder, name in (("--dit", "diffusion_models", "echo_tiny.safetensors"),
+                                 ("--vae", "vae", "vae_tiny.safetensors"),
+                                 ("--siglip", "clip_vision", "siglip_tiny.safetensors"),
+                                 ("--t5", "text_encoders", "t5_tiny.safetensors")):
+        data = (m / folder / name).read_bytes()
+        cut = tmp_path / f"cut_{name}"
+        cut.write_bytes(data[: len(data) // 2])
+        with pytest.raises(SystemExit, match=rf"^error: {option}: .*cut_{name} could not be read "
+                                             r"\(SafetensorError: .*Download it again$"):
+            cli.main(tiny_args(tiny_models, tmp_path / "x.webp", option, str(cut)))
+    empty = tmp_path / "no_tokenizer"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match=r"^error: --tokenizer: .*no_tokenizer could not be read .*is not a "
+                                         r"tokenizer folder.*pass --tokenizer FOLDER"):
+        cli.main(tiny_args(tiny_models, tmp_path / "x.webp", "--tokenizer", str(empty)))
+
+
+def test_out_that_cannot_be_written_fails_before_loading(tmp_path, capsys):
+    folder = tmp_path / "already_a_folder.mp4"
+    folder.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(checked_args(tmp_path, "--out", str(folder)))
+    assert exit_info.value.code == 2 and "--out: got" in capsys.readouterr().err
 
 
 def test_unreadable_photo_is_one_line_naming_the_image(tiny_models, tmp_path):
@@ -210,3 +240,8 @@ def test_run_options_reach_the_generation(tiny_models, tmp_path, monkeypatch):
     assert isinstance(caller, StepCache) and caller.threshold == 0.2 and caller.model is seen["dit"]
     assert seen["dit"].compute_dtype == torch.bfloat16
     assert {p.dtype for p in seen["vae"].parameters()} == {torch.float32}
+
+
+def test_fp16_warns_of_overflow(tiny_models, tmp_path, monkeypatch, capsys):
+    record_run(monkeypatch, tiny_models, tmp_path / "d.webp", "--dtype", "fp16")
+    assert "warning: --dtype fp16: CogVideoX-5B can overflow in fp16" in capsys.readouterr().err
