@@ -38,6 +38,7 @@ def load_tokenizer(folder: str):
 
 def find_tokenizer_beside(weights_path: str) -> Optional[str]:
     """The released layout keeps `tokenizer/` beside `text_encoder/`; look there and next to the file."""
+    weights_path = os.path.normpath(weights_path)  # "text_encoder/" (tab completion) is the folder itself
     base = weights_path if os.path.isdir(weights_path) else os.path.dirname(weights_path)
     candidates = [os.path.join(base, "tokenizer"), os.path.join(os.path.dirname(base), "tokenizer"), base]
     for c in candidates:

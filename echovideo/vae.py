@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import OUT_OF_MEMORY, CheckpointError, check
+from .errors import OUT_OF_MEMORY, CheckpointError, check, is_host_out_of_memory
 from .host_memory import large_blocks_unmapped_on_free
 from .video import check_video_size, latent_frames
 
@@ -272,6 +272,16 @@ def decode_raw(vae, latents: torch.Tensor, tiling: bool = False, tile_size: Opti
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
+def retry_tile_size(vae, height: int, width: int, tile_size: Optional[int]):
+    """Tile size for the tiled retry of an untiled decode that ran out of memory: `tile_size` (None or 0: the
+    VAE's default) where it splits the frame, else half the frame's longer side (a multiple of 16, at least 64),
+    else None (the frame fits in any tile, so tiling would change nothing)."""
+    if decode_region(vae, height, width, True, tile_size) != (height, width):
+        return tile_size
+    half = max(64, max(height, width) // 2 // 16 * 16)
+    return half if decode_region(vae, height, width, True, half) != (height, width) else None
+
+
 def decoder_calls_per_video(vae, latent_frames: int, h: int, w: int) -> int:
     """How many decoder calls (frame chunks x spatial tiles) one video's decode makes: the progress total."""
     chunks = max(latent_frames // getattr(vae, "num_latent_frames_batch_size", 2), 1)
@@ -289,16 +299,21 @@ def decode_to_images(vae, latents: torch.Tensor, tiling: bool = True, tile_size:
     the OS as they are freed (host_memory), so the peak stays flat as frames grow."""
     on_cpu = next(vae.parameters()).device.type == "cpu"
     with large_blocks_unmapped_on_free() if on_cpu else contextlib.nullcontext():
-        video = None
+        video = retry_tile = None
         try:
             video = decode_raw(vae, latents, tiling, tile_size, progress)
-        except OUT_OF_MEMORY:
-            if tiling or not retry_tiled_on_oom:
+        except (OUT_OF_MEMORY, RuntimeError) as e:  # the GPU's OutOfMemoryError, or the CPU allocator's
+            if not (isinstance(e, OUT_OF_MEMORY) or is_host_out_of_memory(e)) or tiling or not retry_tiled_on_oom:
                 raise
-            log("EchoVideo VAE decode ran out of memory untiled; retrying with tiling")
+            scale = 2 ** (len(vae.config.block_out_channels) - 1)
+            retry_tile = retry_tile_size(vae, latents.shape[3] * scale, latents.shape[4] * scale, tile_size)
+            if retry_tile is None:  # no tile splits a frame this small: a retry would be the same decode
+                raise
+            log("EchoVideo VAE decode ran out of memory untiled; retrying with tiling"
+                + ("" if retry_tile == tile_size else f" ({retry_tile} px tiles)"))
         if video is None:  # retried outside the handler, so the failed attempt's tensors are already freed
             _free_cache()
-            video = decode_raw(vae, latents, True, tile_size, progress)
+            video = decode_raw(vae, latents, True, retry_tile or None, progress)
     video.mul_(0.5).add_(0.5).clamp_(0, 1)  # in place: the decoded video is the largest tensor here
     return video.permute(0, 2, 3, 4, 1).reshape(-1, video.shape[3], video.shape[4], 3)
 

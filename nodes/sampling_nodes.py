@@ -197,8 +197,9 @@ class VAEDecode(io.ComfyNode):
                                  tooltip="Decode in overlapping spatial tiles: far less memory, same look."),
                 io.Int.Input("tile_size", default=0, min=0, max=2048, step=16,
                              tooltip="Tile size in pixels for tiled decodes (with tiling off, for the tiled retry "
-                                     "after running out of memory): 0 = the VAE's default, else a multiple of 16 "
-                                     "from 64 (16, 32 and 48 are refused)."),
+                                     "after running out of memory; half-frame tiles if this one covers the frame): "
+                                     "0 = the VAE's default, else a multiple of 16 from 64 (16, 32 and 48 are "
+                                     "refused)."),
             ],
             outputs=[io.Image.Output(display_name="frames", tooltip="Video frames, one IMAGE per frame.")],
         )

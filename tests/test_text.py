@@ -171,6 +171,7 @@ def test_find_tokenizer_beside(tmp_path):
     (root / "text_encoder").mkdir(parents=True)
     make_tokenizer(str(root / "tokenizer"))
     assert text.find_tokenizer_beside(str(root / "text_encoder")) == str(root / "tokenizer")
+    assert text.find_tokenizer_beside(str(root / "text_encoder") + "/") == str(root / "tokenizer")  # tab-completed
     assert text.find_tokenizer_beside(str(tmp_path / "elsewhere.safetensors")) is None
 
 

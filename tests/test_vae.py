@@ -168,12 +168,43 @@ def test_untiled_out_of_memory_retries_tiled_and_says_so(vae, monkeypatch):
         return real(vae_, latents, tiling, tile_size, progress)
 
     monkeypatch.setattr(vae_lib, "decode_raw", decode)
-    z = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(2))
-    frames = vae_lib.decode_to_images(vae, z, tiling=False, log=logged.append)
-    assert calls == [False, True] and frames.shape == (9, 64, 64, 3)
-    assert len(logged) == 1 and "retrying with tiling" in logged[0]
+    z = torch.randn(1, 3, 4, 16, 24, generator=torch.Generator().manual_seed(2))  # 128 x 192: split by 64 px tiles
+    frames = vae_lib.decode_to_images(vae, z, tiling=False, tile_size=64, log=logged.append)
+    assert calls == [False, True] and frames.shape == (9, 128, 192, 3)
+    assert logged == ["EchoVideo VAE decode ran out of memory untiled; retrying with tiling"]
     with pytest.raises(torch.OutOfMemoryError):  # tiled already, or retry off: the error stands
         vae_lib.decode_to_images(vae, z, tiling=False, retry_tiled_on_oom=False)
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory (simulated)"),
+                                   RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                                                "allocate memory: you tried to allocate 123 bytes")])
+def test_out_of_memory_retry_uses_a_tile_that_splits_the_frame(vae, monkeypatch, error):
+    """On the GPU or in CPU RAM: a tile size covering the whole frame would repeat the same decode, so the retry
+    halves the frame's longer side; a frame no tile splits keeps the error. Other errors are not retried."""
+    calls, logged = [], []
+    real = vae_lib.decode_raw
+
+    def decode(vae_, latents, tiling, tile_size, progress):
+        calls.append((tiling, tile_size))
+        if not tiling:
+            raise error
+        return real(vae_, latents, tiling, tile_size, progress)
+
+    monkeypatch.setattr(vae_lib, "decode_raw", decode)
+    z = torch.randn(1, 3, 4, 16, 24, generator=torch.Generator().manual_seed(2))  # 128 x 192
+    frames = vae_lib.decode_to_images(vae, z, tiling=False, tile_size=256, log=logged.append)
+    assert calls == [(False, 256), (True, 96)] and frames.shape == (9, 128, 192, 3)
+    assert logged == ["EchoVideo VAE decode ran out of memory untiled; retrying with tiling (96 px tiles)"]
+    calls.clear()
+    with pytest.raises(type(error)):  # 64 x 64: no tile of at least 64 px splits it
+        vae_lib.decode_to_images(vae, z[..., :8, :8], tiling=False, log=logged.append)
+    assert calls == [(False, None)] and len(logged) == 1
+    error_kind = RuntimeError("Expected all tensors to be on the same device")
+    monkeypatch.setattr(vae_lib, "decode_raw", lambda *a: (_ for _ in ()).throw(error_kind))
+    with pytest.raises(RuntimeError, match="same device"):
+        vae_lib.decode_to_images(vae, z, tiling=False, log=logged.append)
+    assert len(logged) == 1
 
 
 def test_tiling_settings_do_not_leak_between_calls():
@@ -301,14 +332,14 @@ def test_out_of_memory_in_vae_decode_tiled_raises_untiled_retries(monkeypatch):
         return real(z, *a, **k)
 
     monkeypatch.setattr(vae, "decode", decode)
-    z = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    z = torch.randn(1, 3, 4, 16, 16, generator=torch.Generator().manual_seed(6))  # 128 x 128: split by 64 px tiles
     logged = []
     with pytest.raises(torch.OutOfMemoryError, match="simulated"):
         vae_lib.decode_to_images(vae, z, tiling=True, tile_size=64, log=logged.append)
     assert calls == [True] and logged == []
     calls.clear()
     frames = vae_lib.decode_to_images(vae, z, tiling=False, tile_size=64, log=logged.append)
-    assert calls == [False, True] and frames.shape == (9, 64, 64, 3)
+    assert calls == [False, True] and frames.shape == (9, 128, 128, 3)
     assert logged == ["EchoVideo VAE decode ran out of memory untiled; retrying with tiling"]
 
 
