@@ -168,7 +168,18 @@ def main(argv=None):
     try:
         generate_video(args)
     except (FaceError, FaceModelMissingError, FaceModelLoadError, EchoVideoInputError, CheckpointError) as e:
-        raise SystemExit(f"error: {e}") from None  # the photo, a model file or an option: the message says which
+        raise SystemExit(f"error: {with_option_names(str(e))}") from None  # the photo, a model file or an option
+
+
+LIBRARY_INPUT_OPTIONS = {"image": "--image", "face_index": "--face-index"}
+
+
+def with_option_names(message: str) -> str:
+    """A library message that starts with an input's name ("image: ...") names the command-line option instead."""
+    for name, option in LIBRARY_INPUT_OPTIONS.items():
+        if message.startswith((name + ":", name + " ")):
+            return option + message[len(name):]
+    return message
 
 
 def generate_video(args):

@@ -76,7 +76,7 @@ def test_cli_refuses_bad_size_and_missing_model(tiny_models, tmp_path, capsys):
     with pytest.raises(SystemExit, match="--dit: diffusion_models model 'nope.safetensors' not found"):
         cli.main(tiny_args(tiny_models, tmp_path / "x.mp4", "--dit", "nope.safetensors"))
     # a face index past the faces found ends in one line, not a traceback
-    with pytest.raises(SystemExit, match=r"^error: face_index 5 is out of range: 2 faces were found") as exit_info:
+    with pytest.raises(SystemExit, match=r"^error: --face-index 5 is out of range: 2 faces were found") as exit_info:
         cli.main(tiny_args(tiny_models, tmp_path / "x.mp4", "--face-index", "5"))
     assert exit_info.value.code != 0
 
@@ -133,7 +133,7 @@ def test_out_that_cannot_be_written_fails_before_loading(tmp_path, capsys):
 def test_unreadable_photo_is_one_line_naming_the_image(tiny_models, tmp_path):
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("not an image")
-    with pytest.raises(SystemExit, match=r"^error: image: '.*notes.png' could not be read as an image"):
+    with pytest.raises(SystemExit, match=r"^error: --image: '.*notes.png' could not be read as an image"):
         cli.main(tiny_args(tiny_models, tmp_path / "x.mp4", "--image", str(not_an_image)))
 
 
