@@ -406,8 +406,13 @@ def _sample_with(model, out, seed=3):
     return latent["samples"]
 
 
-def test_fp8_weights_and_comfy_attention(env):
+def test_fp8_weights_and_comfy_attention(env, monkeypatch):
+    import comfy.ldm.modules.attention as comfy_attention
+
     mn = comfy_env.pack_module("nodes.model_nodes")
+    calls = []
+    real = comfy_attention.optimized_attention
+    monkeypatch.setattr(comfy_attention, "optimized_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
     out = run_chain()
     base = _sample_with(out["model"], out)
     (fp8,) = comfy_env.run_node(mn.ModelLoader, model_name="echo_tiny.safetensors", weight_dtype="fp8_e4m3fn",
@@ -417,9 +422,13 @@ def test_fp8_weights_and_comfy_attention(env):
     assert torch.isfinite(got).all()
     # fp8 rounding only: 1.2% seen; a DiT whose output is zero lands about 24% away
     assert (got - base).abs().mean() < 0.05 * base.abs().mean()
+    assert calls == []  # sdpa: ComfyUI's attention is not used
     (comfy_attn,) = comfy_env.run_node(mn.ModelLoader, model_name="echo_tiny.safetensors", weight_dtype="default",
                                        attention="comfy")
     torch.testing.assert_close(_sample_with(comfy_attn, out), base, rtol=1e-4, atol=1e-4)
+    # the loader's choice reaches the blocks: one ComfyUI attention call per block and DiT call
+    dit = comfy_env.pack_module("nodes.bridge").unwrap(comfy_attn.patcher)
+    assert len(calls) == dit.config.num_layers * STEPS  # one DiT call per step (CFG rows batched)
 
 
 def test_face_encode_options(env):

@@ -402,9 +402,9 @@ def test_rope_real_arithmetic_equals_complex():
         assert torch.equal(c, a)
 
 
-def test_generate_uses_the_reference_image_for_the_first_frame():
-    """pipeline.generate: the first latent frame comes from reference_image when given (whole-image mode),
-    else from the face crop; the identity (fusion) comes from the face either way."""
+def test_generate_uses_the_reference_image_for_the_first_frame(monkeypatch):
+    """pipeline.generate: the first latent frame and the SigLIP tokens come from reference_image when given
+    (whole-image mode), else from the face crop; the ArcFace embedding is the one passed in either way."""
     import numpy as np
 
     from echovideo import pipeline
@@ -424,12 +424,19 @@ def test_generate_uses_the_reference_image_for_the_first_frame():
             seen.append(x[0, 0, p.latent_channels:].clone())  # the image-latent channels of latent frame 0
             return super().__call__(x, *a, **kw)
 
+    siglip_inputs, fused = [], []
+    tokens_pair, fuse = pipeline.face_tokens_pair, pipeline.fuse_conditioning
+    monkeypatch.setattr(pipeline, "face_tokens_pair", lambda model, image: siglip_inputs.append(image)
+                        or tokens_pair(model, image))
+    monkeypatch.setattr(pipeline, "fuse_conditioning", lambda *a, **kw: fused.append(a[5]) or fuse(*a, **kw))
     for reference in (None, photo):
         pipeline.generate(dit, vae, sig, text, text, face, ident, reference_image=reference,
                           dit_caller=FirstFrame(dit), **run)
     for index, image in ((0, face), (2, photo)):
         expected = vae_lib.encode_face_frame(vae, image, p.width, p.height, p.frames)[0, 0]
         torch.testing.assert_close(seen[index], expected)
+    assert len(siglip_inputs) == 2 and siglip_inputs[0] is face and siglip_inputs[1] is photo
+    assert len(fused) == 2 and all(e is ident for e in fused)
 
 
 def test_sampled_latents_are_ordinary_tensors():
