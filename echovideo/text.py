@@ -47,6 +47,16 @@ def find_tokenizer_beside(weights_path: str) -> Optional[str]:
     return None
 
 
+DROPPED_TEXT_SHOWN = 200  # characters of a truncated prompt's dropped end quoted in the warning
+
+
+def excerpt(dropped: str) -> str:
+    """The dropped text quoted, or its start and how much more (a pasted essay must not flood the log)."""
+    if len(dropped) <= DROPPED_TEXT_SHOWN:
+        return repr(dropped)
+    return f"{dropped[:DROPPED_TEXT_SHOWN]!r} and {len(dropped) - DROPPED_TEXT_SHOWN} more characters"
+
+
 def tokenize(tokenizer, prompt: Union[str, Sequence[str]], max_length: int = MAX_LENGTH) -> torch.Tensor:
     """Reference token ids: [B, max_length] int64 (EOS appended, padded with pad id, truncated)."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
@@ -56,7 +66,7 @@ def tokenize(tokenizer, prompt: Union[str, Sequence[str]], max_length: int = MAX
                     add_special_tokens=True, return_tensors="pt")
     for dropped in truncated_parts(tokenizer, prompts, max_length):
         log.warning("EchoVideo: the prompt is longer than the %d tokens the model reads; this end of it is "
-                    "left out: %r. Shorten the prompt to keep it.", max_length, dropped)
+                    "left out: %s. Shorten the prompt to keep it.", max_length, excerpt(dropped))
     return out.input_ids
 
 

@@ -80,7 +80,12 @@ def test_long_prompt_warns_with_the_dropped_words(tiny_t5, caplog):
     assert ids.shape == (1, 226)
     (record,) = caplog.records
     assert "longer than the 226 tokens" in record.getMessage()
-    assert "left out: 'woman smiles" + " man" * 400 + "'." in record.getMessage()
+    dropped = "woman smiles" + " man" * 400  # 1612 characters: its start and how much more
+    assert f"left out: {dropped[:200]!r} and {len(dropped) - 200} more characters. Shorten" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        text.tokenize(tok, fits + " woman smiles")
+    assert "left out: 'woman smiles'. Shorten" in caplog.records[0].getMessage()
 
 
 def test_folder_encoder_equals_transformers(tiny_t5):
