@@ -223,9 +223,13 @@ class EchoVideoTransformer(nn.Module):
 
     def run_blocks(self, x, ctx, temb, rope):
         """All blocks on one joint [text; video] stream (a new tensor: x and ctx are not modified)."""
-        hook = self.block_hook
         n_ctx = ctx.shape[1]
-        tokens = torch.cat([ctx, x], dim=1)
+        tokens = self.run_joint(torch.cat([ctx, x], dim=1), n_ctx, temb, rope)
+        return tokens[:, n_ctx:], tokens[:, :n_ctx]
+
+    def run_joint(self, tokens, n_ctx, temb, rope):
+        """All blocks, updating the joint [text; video] stream `tokens` in place; returns it."""
+        hook = self.block_hook
         if rope is not None and not torch.compiler.is_compiling():
             rope = (rope[0], rope[1], pair_rotation(rope[0], rope[1]))  # once for all blocks
         for i, block in enumerate(self.transformer_blocks):
@@ -237,7 +241,7 @@ class EchoVideoTransformer(nn.Module):
                 tokens = block(tokens, n_ctx, temb, rope, self.attention)
             finally:
                 hook.after(i, block)
-        return tokens[:, n_ctx:], tokens[:, :n_ctx]
+        return tokens
 
     def modulated_video_input(self, x, ctx, temb):
         """The first block's timestep-modulated video tokens (the step cache's change signal). Runs inside the
@@ -263,5 +267,8 @@ class EchoVideoTransformer(nn.Module):
     def forward(self, hidden_states, context, timestep, rope: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
         self.check_inputs(hidden_states, context, timestep, rope)
         x, ctx, temb = self.embed(hidden_states, context, timestep)
-        x, ctx = self.run_blocks(x, ctx, temb, rope)
-        return self.head(x, ctx, temb, hidden_states.shape)
+        n_ctx = ctx.shape[1]
+        tokens = torch.cat([ctx, x], dim=1)
+        del x, ctx  # held through the blocks, they would be one more stream at the activation peak
+        tokens = self.run_joint(tokens, n_ctx, temb, rope)
+        return self.head(tokens[:, n_ctx:], tokens[:, :n_ctx], temb, hidden_states.shape)
