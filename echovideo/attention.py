@@ -39,7 +39,7 @@ def available_attention() -> list:
         import sageattention  # noqa: F401
 
         names.append("sage")
-    except ImportError:
+    except Exception:  # noqa: BLE001 - not installed, or broken (get_attention says which)
         pass
     names += [n for n in _BACKENDS if n not in ("sdpa", "sage")]
     return names
@@ -56,4 +56,7 @@ def get_attention(name_or_fn) -> AttentionFn:
         except ImportError:
             check(False, "attention", "'sage'", "the sageattention package (pip install sageattention), "
                   "or another backend: " + ", ".join(available_attention()))
+        except Exception as e:  # noqa: BLE001 - a broken install (e.g. a CUDA library that does not load)
+            check(False, "attention", "'sage'", f"a sageattention that imports (it raised {type(e).__name__}: {e}; "
+                  "reinstall it), or another backend: " + ", ".join(available_attention()))
     return _BACKENDS[name]

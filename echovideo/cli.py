@@ -59,9 +59,12 @@ def check_device(ap, name):
 
 
 def nearest_existing_folder(path: str) -> str:
-    """The output's folder, or its nearest existing parent (save_video creates the rest)."""
+    """The output's folder, or its nearest existing parent (save_video creates the rest); "" when a part of the
+    path is a file, so no folder can be made there."""
     folder = os.path.dirname(os.path.abspath(path))
     while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        if os.path.exists(folder):
+            return ""
         folder = os.path.dirname(folder)
     return folder
 
@@ -83,12 +86,15 @@ def model_paths(models_dir, args) -> dict:
         paths[key] = p = name if os.path.isabs(name) else os.path.join(models_dir, folder, name)
         if not os.path.exists(p):
             missing.append(f"--{key}: {folder} model {name!r} not found at {p}")
-    for p in face_model_paths(models_dir).files:
-        if not os.path.isfile(p):
-            missing.append(f"face model file {os.path.basename(p)!r} not found at {p}")
+    hints = ["pass --t5/--siglip/--vae/--dit NAME (in its models folder) or an absolute path"] if missing else []
+    face_missing = [p for p in face_model_paths(models_dir).files if not os.path.isfile(p)]
+    missing += [f"face model file {os.path.basename(p)!r} not found at {p}" for p in face_missing]
+    if face_missing:
+        hints.append("the face models are read from --models-dir's insightface/models/antelopev2/ and facexlib/ "
+                     "folders only")
     if missing:
-        raise SystemExit("error: " + "; ".join(missing) + ". Put the models there (see the README's model table) "
-                         "or pass --t5/--siglip/--vae/--dit NAME (in its models folder) or an absolute path")
+        raise SystemExit("error: " + "; ".join(missing) + ". Put the models there (see the README's model table); "
+                         + "; ".join(hints))
     return paths
 
 
@@ -139,7 +145,8 @@ def check_args(ap, args):
     require(ap, ext in OUTPUT_EXTENSIONS, "--out", repr(args.out), "a " + ", ".join(OUTPUT_EXTENSIONS) + " file name")
     require(ap, ext != ".mp4" or importlib.util.find_spec("av") is not None, "--out", repr(args.out),
             "PyAV for .mp4 (pip install av), or a .webp / .gif file name")
-    require(ap, not os.path.isdir(args.out) and os.access(nearest_existing_folder(args.out), os.W_OK), "--out",
+    writable = nearest_existing_folder(args.out)
+    require(ap, not os.path.isdir(args.out) and bool(writable) and os.access(writable, os.W_OK), "--out",
             repr(args.out), "a file name in a folder you can write to (not a folder)")
     require(ap, os.path.isfile(args.image), "--image", repr(args.image), "an existing image file")
     require(ap, args.tokenizer is None or os.path.isdir(args.tokenizer), "--tokenizer", repr(args.tokenizer),
@@ -175,10 +182,12 @@ LIBRARY_INPUT_OPTIONS = {"image": "--image", "face_index": "--face-index"}
 
 
 def with_option_names(message: str) -> str:
-    """A library message that starts with an input's name ("image: ...") names the command-line option instead."""
+    """A library message that starts with an input's name ("image: ...") names the command-line option instead,
+    there and wherever else the name appears as such (face_index)."""
     for name, option in LIBRARY_INPUT_OPTIONS.items():
         if message.startswith((name + ":", name + " ")):
-            return option + message[len(name):]
+            rest = message[len(name):]
+            return option + (rest.replace(name, option) if "_" in name else rest)
     return message
 
 

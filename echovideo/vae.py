@@ -273,11 +273,11 @@ def decode_raw(vae, latents: torch.Tensor, tiling: bool = False, tile_size: Opti
 
 
 def retry_tile_size(vae, height: int, width: int, tile_size: Optional[int]):
-    """Tile size for the tiled retry of an untiled decode that ran out of memory: `tile_size` (None or 0: the
-    VAE's default) where it splits the frame, else half the frame's longer side (a multiple of 16, at least 64),
-    else None (the frame fits in any tile, so tiling would change nothing)."""
+    """Tile size for the tiled retry of an untiled decode that ran out of memory: `tile_size` (0: the VAE's
+    default, also for None) where it splits the frame, else half the frame's longer side (a multiple of 16, at
+    least 64), else None (the frame fits in any tile, so tiling would change nothing)."""
     if decode_region(vae, height, width, True, tile_size) != (height, width):
-        return tile_size
+        return tile_size or 0
     half = max(64, max(height, width) // 2 // 16 * 16)
     return half if decode_region(vae, height, width, True, half) != (height, width) else None
 
@@ -310,7 +310,7 @@ def decode_to_images(vae, latents: torch.Tensor, tiling: bool = True, tile_size:
             if retry_tile is None:  # no tile splits a frame this small: a retry would be the same decode
                 raise
             log("EchoVideo VAE decode ran out of memory untiled; retrying with tiling"
-                + ("" if retry_tile == tile_size else f" ({retry_tile} px tiles)"))
+                + ("" if retry_tile == (tile_size or 0) else f" ({retry_tile} px tiles)"))
         if video is None:  # retried outside the handler, so the failed attempt's tensors are already freed
             _free_cache()
             video = decode_raw(vae, latents, True, retry_tile or None, progress)

@@ -40,6 +40,25 @@ def test_missing_sage_is_named_with_the_fix(monkeypatch):
         attention.get_attention("sage")
 
 
+def test_broken_sage_install_is_named_not_raised(monkeypatch):
+    """An installed sageattention whose import fails with something other than ImportError (e.g. a CUDA library
+    that does not load) leaves it out of the choices and gets the input error, not an escaping OSError."""
+    import sys
+
+    class BrokenSage:
+        def find_spec(self, name, path=None, target=None):
+            if name == "sageattention":
+                raise OSError("libcuda.so.1: cannot open shared object file")
+            return None
+
+    monkeypatch.delitem(sys.modules, "sageattention", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [BrokenSage()] + sys.meta_path)
+    assert "sage" not in attention.available_attention()
+    with pytest.raises(EchoVideoInputError, match=r"attention: got 'sage', needs a sageattention that imports "
+                                                  r"\(it raised OSError: libcuda.*reinstall it\).*sdpa"):
+        attention.get_attention("sage")
+
+
 @pytest.mark.golden
 def test_block_swap_matches_golden(golden):
     model = build_dit(golden)

@@ -197,14 +197,21 @@ def test_out_of_memory_retry_uses_a_tile_that_splits_the_frame(vae, monkeypatch,
     assert calls == [(False, 256), (True, 96)] and frames.shape == (9, 128, 192, 3)
     assert logged == ["EchoVideo VAE decode ran out of memory untiled; retrying with tiling (96 px tiles)"]
     calls.clear()
+    logged.clear()  # the VAE's default tiles (tile_size None or 0) split a frame larger than them: kept
+    big = torch.randn(1, 1, 4, 60, 90, generator=torch.Generator().manual_seed(3))  # 480 x 720
+    for default in (None, 0):
+        frames = vae_lib.decode_to_images(vae, big, tiling=False, tile_size=default, log=logged.append)
+        assert calls[-2:] == [(False, default), (True, None)] and frames.shape[1:] == (480, 720, 3)
+    assert logged == ["EchoVideo VAE decode ran out of memory untiled; retrying with tiling"] * 2
+    calls.clear()
     with pytest.raises(type(error)):  # 64 x 64: no tile of at least 64 px splits it
         vae_lib.decode_to_images(vae, z[..., :8, :8], tiling=False, log=logged.append)
-    assert calls == [(False, None)] and len(logged) == 1
+    assert calls == [(False, None)] and len(logged) == 2  # nothing more logged
     error_kind = RuntimeError("Expected all tensors to be on the same device")
     monkeypatch.setattr(vae_lib, "decode_raw", lambda *a: (_ for _ in ()).throw(error_kind))
     with pytest.raises(RuntimeError, match="same device"):
         vae_lib.decode_to_images(vae, z, tiling=False, log=logged.append)
-    assert len(logged) == 1
+    assert len(logged) == 2
 
 
 def test_tiling_settings_do_not_leak_between_calls():
