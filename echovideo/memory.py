@@ -21,13 +21,14 @@ def video_tokens(config, height: int, width: int, num_frames: int) -> int:
     return dit_tokens(config, latent_frames(num_frames), height // s, width // s)
 
 
-def block_activation_bytes(config, tokens: int, batch: int, act_bytes: int = 2) -> int:
+def block_activation_bytes(config, tokens: int, batch: int, act_bytes: int = 2, gelu_in_place: bool = True) -> int:
     """Peak live tensors inside one block: the joint stream, its normed copy, q/k/v, the attention output
-    and its projection; or the stream, the normed copy, the feed-forward's 4x hidden and its GELU
-    intermediate. The larger of the two phases."""
+    and its projection; or the stream, the normed copy, the feed-forward's 4x hidden and its output projection
+    (GELU in place, as on GPUs: transformer.gelu_runs_in_place), or the hidden and its GELU's 4x scratch (float32
+    on the CPU). The larger of the two phases."""
     unit = batch * tokens * config.inner_dim * act_bytes
     attention_phase = unit * (2 + 3 + 1 + 1)
-    feed_forward_phase = unit * (2 + 4 + 4)
+    feed_forward_phase = unit * (2 + 4 + (1 if gelu_in_place else 4))
     return max(attention_phase, feed_forward_phase)
 
 
@@ -45,13 +46,17 @@ STEP_CACHE_STREAMS = 3
 
 
 def sampling_memory_bytes(config, latent_frame_count: int, latent_height: int, latent_width: int, batch: int,
-                          dtype: torch.dtype, step_cache: bool = False) -> int:
+                          dtype: torch.dtype, step_cache: bool = False, device=None) -> int:
     """Activation memory one DiT call needs beyond its weights (what the sampler asks ComfyUI to free):
-    one block's peak, as in the README's memory table, plus the step cache's tensors when it is on."""
+    one block's peak on `device` (None: a GPU, as in the README's memory table), plus the step cache's tensors
+    when it is on."""
+    from .transformer import gelu_runs_in_place
+
     tokens = dit_tokens(config, latent_frame_count, latent_height, latent_width)
     act_bytes = torch.empty((), dtype=dtype).element_size()
     cache = STEP_CACHE_STREAMS * batch * tokens * config.inner_dim * act_bytes if step_cache else 0
-    return block_activation_bytes(config, tokens, batch, act_bytes) + cache
+    in_place = device is None or gelu_runs_in_place(device, dtype)
+    return block_activation_bytes(config, tokens, batch, act_bytes, gelu_in_place=in_place) + cache
 
 
 class MetaPeak(TorchDispatchMode):

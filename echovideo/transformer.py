@@ -100,14 +100,24 @@ class JointAttention(nn.Module):
             rotate_pairs_(q[:, n_ctx:], *rope)
             rotate_pairs_(k[:, n_ctx:], *rope)
         out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        del q, k, v  # gone before the output's layout copy and projection: the block's peak stays the FF's
         return self.to_out[0](out.transpose(1, 2).reshape(b, s, -1))
 
 
+def gelu_runs_in_place(device, dtype) -> bool:
+    """Whether the FF's tanh GELU overwrites its input (the 4-stream hidden layer), so a block's activation peak
+    holds one hidden layer, not two: everywhere but float32 on the CPU (see gelu_tanh)."""
+    return not (torch.device(device).type == "cpu" and dtype == torch.float32)
+
+
 def gelu_tanh(x):
-    """GELU (tanh approximation). In float32 on CPU as x * sigmoid(2u), the same function, since torch's CPU
-    tanh kernel is several times slower than its sigmoid (other dtypes keep torch's kernel and its rounding)."""
-    if x.device.type != "cpu" or x.dtype != torch.float32:
-        return nn.functional.gelu(x, approximate="tanh")
+    """GELU (tanh approximation), in place on `x` (the FF's fresh hidden layer) where gelu_runs_in_place, with
+    torch's kernel and rounding. In float32 on CPU as x * sigmoid(2u), the same function, since torch's CPU tanh
+    kernel is several times slower than its sigmoid."""
+    if gelu_runs_in_place(x.device, x.dtype):
+        if torch.is_grad_enabled() and x.requires_grad:
+            return nn.functional.gelu(x, approximate="tanh")
+        return torch.ops.aten.gelu_(x, approximate="tanh")
     k = 2.0 * math.sqrt(2.0 / math.pi)
     u = torch.addcmul(x.new_tensor(k), x, x, value=0.044715 * k)  # 2u / x in one pass
     return u.mul_(x).sigmoid_().mul_(x)

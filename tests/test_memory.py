@@ -80,15 +80,15 @@ def test_dit_block_estimate_is_the_measured_block_peak(batch):
     stream = tokens.numel() * tokens.element_size()
     assert tokens.shape[1] == dit_tokens(config, frames, h, w)
     measured, estimate = stream + meter.peak, block_activation_bytes(config, tokens.shape[1], batch)
-    # ten streams; the timestep's modulation vectors add 0.2% at this tiny size, nothing at a real one
+    # seven streams (GELU in place off the CPU); the timestep's modulation vectors add 0.2% at this tiny size
     assert 0.99 * measured <= estimate <= 1.1 * measured
 
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_dit_forward_peak_stays_within_the_block_estimate(batch):
     """A whole forward (embedding, all blocks, head) of released-size blocks on the meta device peaks within
-    block_activation_bytes: the embedding's outputs are not held while the blocks run (they were one more
-    stream, 10% over the estimate)."""
+    block_activation_bytes: the embedding's outputs are not held while the blocks run, nor q/k/v during the
+    attention's output projection (each was one more stream over the estimate)."""
     import dataclasses
 
     from echovideo.config import RELEASED_CONFIG
@@ -109,3 +109,30 @@ def test_dit_forward_peak_stays_within_the_block_estimate(batch):
     estimate = block_activation_bytes(config, dit_tokens(config, frames, h, w), batch)
     # the timestep's modulation vectors add 0.2% at this tiny size, nothing at a real one
     assert 0.9 * estimate <= meter.peak <= 1.01 * estimate, (meter.peak, estimate)
+
+
+def test_gelu_runs_in_place_except_float32_on_cpu():
+    """In place (same values as torch's out-of-place kernel) for bf16/fp16 and off the CPU; float32 on the CPU
+    keeps its sigmoid form and a scratch tensor, which the float32 CPU estimate counts (three streams more)."""
+    from echovideo.config import RELEASED_CONFIG
+    from echovideo.memory import block_activation_bytes
+    from echovideo.transformer import gelu_runs_in_place, gelu_tanh
+
+    for dtype in (torch.bfloat16, torch.float16):
+        x = torch.randn(3, 7, 64).to(dtype)
+        expected = torch.nn.functional.gelu(x, approximate="tanh")
+        with torch.inference_mode():
+            out = gelu_tanh(x)
+        assert out.data_ptr() == x.data_ptr() and torch.equal(out, expected), dtype
+    assert gelu_runs_in_place("cuda", torch.float32) and gelu_runs_in_place("meta", torch.float32)
+    assert not gelu_runs_in_place("cpu", torch.float32)
+    x = torch.randn(3, 7, 64)
+    out = gelu_tanh(x)
+    assert out.data_ptr() != x.data_ptr()
+    torch.testing.assert_close(out, torch.nn.functional.gelu(x, approximate="tanh"), rtol=1e-5, atol=1e-6)
+    grad_x = torch.randn(4, requires_grad=True)  # autograd: out of place, so backward still works
+    gelu_tanh(grad_x.to(torch.bfloat16)).float().sum().backward()
+    assert grad_x.grad is not None
+    unit = 2 * 100 * RELEASED_CONFIG.inner_dim * 2
+    assert block_activation_bytes(RELEASED_CONFIG, 100, 2) == 7 * unit
+    assert block_activation_bytes(RELEASED_CONFIG, 100, 2, gelu_in_place=False) == 10 * unit

@@ -196,9 +196,11 @@ def test_cpu_gelu_equals_torch_tanh_gelu():
     expected = F.gelu(x, approximate="tanh")
     got = gelu_tanh(x.clone())
     torch.testing.assert_close(got, expected, rtol=2e-6, atol=1e-6)
-    for dtype in (torch.bfloat16, torch.float16):  # torch's own kernel: bit-identical
+    for dtype in (torch.bfloat16, torch.float16):
         y = x.to(dtype)
-        torch.testing.assert_close(gelu_tanh(y), F.gelu(y, approximate="tanh"), rtol=0, atol=0, equal_nan=True)
+        # torch's own kernel, in place on its input (a fresh hidden layer in the FF): bit-identical
+        torch.testing.assert_close(gelu_tanh(y.clone()), F.gelu(y, approximate="tanh"), rtol=0, atol=0,
+                                   equal_nan=True)
 
 
 needs_onednn_linear = pytest.mark.skipif(
@@ -342,7 +344,7 @@ def test_sampling_memory_estimate_matches_memory_plan():
     assert tokens == 226 + 13 * 30 * 53  # text + latent frames x (480/16) x (848/16) patches
     need = sampling_memory_bytes(cfg, 13, 60, 106, batch=2, dtype=torch.bfloat16)
     assert need == block_activation_bytes(cfg, tokens, 2, act_bytes=2)
-    assert abs(need / 2 ** 30 - 2.39) < 0.01  # the README table's "block b=2" at 480x848x49
+    assert abs(need / 2 ** 30 - 1.67) < 0.01  # the README table's "block b=2" at 480x848x49
     assert sampling_memory_bytes(cfg, 13, 60, 106, batch=1, dtype=torch.float32) == need  # half batch, twice bytes
 
 
