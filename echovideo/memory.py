@@ -45,18 +45,28 @@ def attention_bytes(config, tokens: int, batch: int, act_bytes: int = 2, materia
 STEP_CACHE_STREAMS = 3
 
 
+def cast_weight_bytes(config, weight_dtype, dtype: torch.dtype) -> int:
+    """Weights stored narrower than the compute dtype (fp8, or bf16 computed in fp32) are cast one layer at a
+    time: the largest cast copy, a feed-forward Linear's weight, is alive beside the activations."""
+    if weight_dtype is None or torch.empty((), dtype=weight_dtype).element_size() >= \
+            torch.empty((), dtype=dtype).element_size():
+        return 0
+    return 4 * config.inner_dim * config.inner_dim * torch.empty((), dtype=dtype).element_size()
+
+
 def sampling_memory_bytes(config, latent_frame_count: int, latent_height: int, latent_width: int, batch: int,
-                          dtype: torch.dtype, step_cache: bool = False, device=None) -> int:
+                          dtype: torch.dtype, step_cache: bool = False, device=None, weight_dtype=None) -> int:
     """Activation memory one DiT call needs beyond its weights (what the sampler asks ComfyUI to free):
     one block's peak on `device` (None: a GPU, as in the README's memory table), plus the step cache's tensors
-    when it is on."""
+    when it is on, plus a layer's weight cast for compute when `weight_dtype` is narrower than `dtype`."""
     from .transformer import gelu_runs_in_place
 
     tokens = dit_tokens(config, latent_frame_count, latent_height, latent_width)
     act_bytes = torch.empty((), dtype=dtype).element_size()
     cache = STEP_CACHE_STREAMS * batch * tokens * config.inner_dim * act_bytes if step_cache else 0
     in_place = device is None or gelu_runs_in_place(device, dtype)
-    return block_activation_bytes(config, tokens, batch, act_bytes, gelu_in_place=in_place) + cache
+    return (block_activation_bytes(config, tokens, batch, act_bytes, gelu_in_place=in_place) + cache
+            + cast_weight_bytes(config, weight_dtype, dtype))
 
 
 class MetaPeak(TorchDispatchMode):

@@ -150,7 +150,7 @@ class Sampler(io.ComfyNode):
         try:
             bridge.load_gpu(model.patcher, memory_required=sampling_memory_bytes(
                 dit.config, frames, h, w, batch=2 if use_cfg else 1, dtype=model.compute_dtype,
-                step_cache=cache is not None, device=model.device))
+                step_cache=cache is not None, device=model.device, weight_dtype=model.weight_dtype))
         except bridge.CompiledModelTooLarge:
             set_block_compile(dit, None)  # the shared DiT is not left compiled for the next prompt's nodes
             raise

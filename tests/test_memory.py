@@ -136,3 +136,21 @@ def test_gelu_runs_in_place_except_float32_on_cpu():
     unit = 2 * 100 * RELEASED_CONFIG.inner_dim * 2
     assert block_activation_bytes(RELEASED_CONFIG, 100, 2) == 7 * unit
     assert block_activation_bytes(RELEASED_CONFIG, 100, 2, gelu_in_place=False) == 10 * unit
+
+
+def test_weights_cast_for_compute_are_asked_for():
+    """fp8 (or bf16 computed in fp32) weights are cast a layer at a time: the Sampler's request adds the largest
+    cast copy, one feed-forward weight; weights stored at the compute width add nothing."""
+    from echovideo.config import RELEASED_CONFIG
+    from echovideo.memory import sampling_memory_bytes
+
+    plain = sampling_memory_bytes(RELEASED_CONFIG, 13, 60, 106, batch=2, dtype=torch.bfloat16)
+    ff_weight = 4 * RELEASED_CONFIG.inner_dim ** 2 * 2  # 3072 x 12288 in bf16: 72 MiB
+    assert ff_weight == 72 * 2 ** 20
+    for stored, extra in ((torch.float8_e4m3fn, ff_weight), (torch.float8_e5m2, ff_weight), (torch.bfloat16, 0),
+                          (torch.float32, 0)):
+        got = sampling_memory_bytes(RELEASED_CONFIG, 13, 60, 106, batch=2, dtype=torch.bfloat16, weight_dtype=stored)
+        assert got == plain + extra, stored
+    fp32 = sampling_memory_bytes(RELEASED_CONFIG, 13, 60, 106, batch=1, dtype=torch.float32)
+    assert sampling_memory_bytes(RELEASED_CONFIG, 13, 60, 106, batch=1, dtype=torch.float32,
+                                 weight_dtype=torch.bfloat16) == fp32 + 2 * ff_weight

@@ -243,7 +243,7 @@ def test_sampler_asks_comfy_for_its_peak_memory(env, monkeypatch, cfg, batch):
                        dynamic_cfg=True, seed=5)
     _, frames, _, h, w = img.latents.shape
     need = sampling_memory_bytes(model.config, frames, h, w, batch=batch, dtype=model.compute_dtype,
-                                 device=model.device)
+                                 device=model.device, weight_dtype=model.weight_dtype)
     assert asked == [need]
     # float32 on this CPU: the GELU's scratch layer is asked for too (a GPU's GELU runs in place)
     assert model.device.type == "cpu" and model.compute_dtype == torch.float32
@@ -255,8 +255,16 @@ def test_sampler_asks_comfy_for_its_peak_memory(env, monkeypatch, cfg, batch):
     comfy_env.run_node(sn.Sampler, model=cached, conditioning=cond, image_latents=img, steps=1, cfg=cfg,
                        dynamic_cfg=True, seed=5)
     with_cache = sampling_memory_bytes(model.config, frames, h, w, batch=batch, dtype=model.compute_dtype,
-                                       step_cache=True, device=model.device)
+                                       step_cache=True, device=model.device, weight_dtype=model.weight_dtype)
     assert asked == [with_cache] and with_cache > need
+    asked.clear()  # fp8 weights: a layer's weight cast for compute too
+    mn = mods()[0]
+    (fp8,) = comfy_env.run_node(mn.ModelLoader, model_name="echo_tiny.safetensors", weight_dtype="fp8_e4m3fn",
+                                attention="sdpa")
+    comfy_env.run_node(sn.Sampler, model=fp8, conditioning=cond, image_latents=img, steps=1, cfg=cfg,
+                       dynamic_cfg=True, seed=5)
+    cast = 4 * fp8.config.inner_dim ** 2 * fp8.compute_dtype.itemsize
+    assert fp8.weight_dtype == torch.float8_e4m3fn and asked == [need + cast]
 
 
 def test_dit_modules_all_support_partial_loading(env):
