@@ -13,6 +13,11 @@ def is_host_out_of_memory(error: BaseException) -> bool:
         isinstance(error, RuntimeError) and any(m in str(error) for m in HOST_OUT_OF_MEMORY_MARKERS))
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Out of GPU memory or of RAM."""
+    return isinstance(error, OUT_OF_MEMORY) or is_host_out_of_memory(error)
+
+
 class EchoVideoInputError(ValueError):
     """An input has the wrong shape, size or value. Raised by `check`, it also carries `argument`, `got`
     and `needs`, so that a caller can report the input under its own name (e.g. a command-line option)."""

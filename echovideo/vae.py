@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import OUT_OF_MEMORY, CheckpointError, check, is_host_out_of_memory
+from .errors import CheckpointError, check, is_out_of_memory
 from .host_memory import large_blocks_unmapped_on_free
 from .video import check_video_size, latent_frames
 
@@ -171,6 +171,11 @@ def encode_face_frame(vae, face_uint8: np.ndarray, width: int, height: int, num_
     return torch.cat([latent, rest], dim=1)
 
 
+def spatial_scale(vae) -> int:
+    """Pixels per latent along each side (8 for the released VAE)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def default_tiling(vae) -> dict:
     """diffusers' CogVideoX VAE defaults: half the training size per tile, overlap 1/6 (height) and 1/5 (width)."""
     return dict(tile_sample_min_height=vae.config.sample_height // 2, tile_sample_min_width=vae.config.sample_width // 2,
@@ -223,7 +228,7 @@ def configure_tiling(vae, tiling: bool, tile_size: Optional[int] = None, overlap
         vae.enable_tiling(**default_tiling(vae))
         return
     check_tile_size(tile_size)
-    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    scale = spatial_scale(vae)
     factor = tile_overlap_factor(tile_size, scale, overlap)
     vae.enable_tiling(tile_sample_min_height=tile_size, tile_sample_min_width=tile_size,
                       tile_overlap_factor_height=factor, tile_overlap_factor_width=factor)
@@ -302,10 +307,10 @@ def decode_to_images(vae, latents: torch.Tensor, tiling: bool = True, tile_size:
         video = retry_tile = None
         try:
             video = decode_raw(vae, latents, tiling, tile_size, progress)
-        except (OUT_OF_MEMORY, RuntimeError) as e:  # the GPU's OutOfMemoryError, or the CPU allocator's
-            if not (isinstance(e, OUT_OF_MEMORY) or is_host_out_of_memory(e)) or tiling or not retry_tiled_on_oom:
+        except RuntimeError as e:  # the GPU's OutOfMemoryError, or the CPU allocator's plain RuntimeError
+            if not is_out_of_memory(e) or tiling or not retry_tiled_on_oom:
                 raise
-            scale = 2 ** (len(vae.config.block_out_channels) - 1)
+            scale = spatial_scale(vae)
             retry_tile = retry_tile_size(vae, latents.shape[3] * scale, latents.shape[4] * scale, tile_size)
             if retry_tile is None:  # no tile splits a frame this small: a retry would be the same decode
                 raise

@@ -197,6 +197,7 @@ def intermediate_device() -> torch.device:
 
 WEIGHT_DTYPES = {"default": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
                  "fp8_e4m3fn": getattr(torch, "float8_e4m3fn", None), "fp8_e5m2": getattr(torch, "float8_e5m2", None)}
+PRECISIONS = ["default", "bf16", "fp16", "fp32"]  # the VAE and T5 loaders' choices: WEIGHT_DTYPES without fp8
 
 
 def compute_dtype(device=None, model_params: int = 0) -> torch.dtype:

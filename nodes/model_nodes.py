@@ -78,10 +78,6 @@ def attention_problem(attention) -> str | None:
     return None
 
 
-WEIGHT_DTYPES = ["default", "bf16", "fp16", "fp32", "fp8_e4m3fn", "fp8_e5m2"]
-PRECISIONS = ["default", "bf16", "fp16", "fp32"]
-
-
 class ModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -96,7 +92,7 @@ class ModelLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("model_name", options=_choices("diffusion_models", "(no model in models/diffusion_models)"),
                                tooltip="EchoVideo transformer file or folder under models/diffusion_models."),
-                io.Combo.Input("weight_dtype", options=WEIGHT_DTYPES,
+                io.Combo.Input("weight_dtype", options=list(bridge.WEIGHT_DTYPES),
                                default="default",
                                tooltip="Storage dtype of the weights. fp8 halves memory; layers are cast to the "
                                        "compute dtype one at a time. default: ComfyUI's --*-unet precision flag "
@@ -115,7 +111,7 @@ class ModelLoader(io.ComfyNode):
     def validate_inputs(cls, model_name=None, weight_dtype=None, attention=None):
         return bridge.queue_time_result(
             entry_problem("diffusion_models", model_name),
-            bridge.choice_problem("EchoVideo Model Loader", "weight_dtype", weight_dtype, WEIGHT_DTYPES),
+            bridge.choice_problem("EchoVideo Model Loader", "weight_dtype", weight_dtype, list(bridge.WEIGHT_DTYPES)),
             attention_problem(attention))
 
     @classmethod
@@ -152,7 +148,7 @@ class VaeLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("vae_name", options=_choices("vae", "(no VAE in models/vae)"),
                                tooltip="CogVideoX VAE file or folder under models/vae."),
-                io.Combo.Input("precision", options=PRECISIONS, default="default",
+                io.Combo.Input("precision", options=bridge.PRECISIONS, default="default",
                                tooltip="VAE dtype. default: ComfyUI's --fp32/--bf16/--fp16-vae flag if given, "
                                        "else bf16 where the device has it (as the reference), else fp32."),
             ],
@@ -162,7 +158,7 @@ class VaeLoader(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, vae_name=None, precision=None):
         return bridge.queue_time_result(entry_problem("vae", vae_name),
-                                        bridge.choice_problem("EchoVideo VAE Loader", "precision", precision, PRECISIONS))
+                                        bridge.choice_problem("EchoVideo VAE Loader", "precision", precision, bridge.PRECISIONS))
 
     @classmethod
     def execute(cls, vae_name, precision="default") -> io.NodeOutput:

@@ -14,7 +14,6 @@ from .types import T5Bundle, T5Encoder, TextEmbeds, TextEmbedsData
 
 CATEGORY = "EchoVideo"
 NONE_FOUND = "(no T5 in models/text_encoders)"
-T5_PRECISIONS = ["default", "bf16", "fp16", "fp32"]
 
 
 def t5_choices() -> list:
@@ -45,7 +44,7 @@ class T5Loader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("t5_name", options=t5_choices(),
                                tooltip="Folder or file under models/text_encoders (e.g. the released text_encoder/ folder)."),
-                io.Combo.Input("precision", options=T5_PRECISIONS, default="default",
+                io.Combo.Input("precision", options=bridge.PRECISIONS, default="default",
                                tooltip="Weight and compute dtype. default: ComfyUI's --fp16/--bf16/--fp32-text-enc "
                                        "flag if given, else bf16 (the reference's) where the device supports it, "
                                        "else fp16 (the wo layers stay fp32)."),
@@ -59,7 +58,7 @@ class T5Loader(io.ComfyNode):
 
         return bridge.queue_time_result(
             entry_problem("text_encoders", t5_name),
-            bridge.choice_problem("EchoVideo T5 Loader", "precision", precision, T5_PRECISIONS))
+            bridge.choice_problem("EchoVideo T5 Loader", "precision", precision, bridge.PRECISIONS))
 
     @classmethod
     def execute(cls, t5_name, precision="default") -> io.NodeOutput:
