@@ -63,7 +63,7 @@ def generate(dit, vae, siglip_model, text_positive, text_negative, face_crop: np
     face_pos, face_neg = face_tokens_pair(siglip_model, image)
     cond = fuse_conditioning(dit, text_positive, text_negative, face_pos, face_neg, id_embedding,
                              with_negative=guidance_scale > 1.0)
-    image_latents = vae_lib.encode_face_frame(vae, image, width, height, num_frames)
+    image_latents = vae_lib.encode_face_frame(vae, image, width, height, num_frames, keep_proportions=True)
     latents = sample(dit, cond.positive, cond.negative, image_latents, steps=steps, guidance_scale=guidance_scale,
                      dynamic_cfg=dynamic_cfg, seed=seed, callback=callback, dit_caller=dit_caller)
     if not decode:

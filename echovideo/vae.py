@@ -121,8 +121,21 @@ def load_vae(path: str, dtype=torch.float32, device="cpu"):
     return _move(vae, device, dtype)
 
 
-def pad_to_aspect(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Pads with black to the video's aspect ratio, as the reference (top/left padding = pad // 2)."""
+ASPECT_TOLERANCE = 0.02  # the reference's rounding of a square crop's padding stays well inside this
+
+
+def aspect_stretch(h: int, w: int, width: int, height: int) -> float:
+    """How much resizing an h x w image to width x height stretches it along one axis (1.0: not at all)."""
+    s = (width / height) / (w / h)
+    return max(s, 1 / s)
+
+
+def pad_to_aspect(image: np.ndarray, width: int, height: int, keep_proportions: bool = False) -> np.ndarray:
+    """Pads with black towards the video's aspect ratio, as the reference (top/left padding = pad // 2).
+
+    The reference's target (m x int(m r) or int(m / r) x m, each side at least the image's) reaches the aspect only
+    for images near square; with keep_proportions, an image it would leave stretched by more than
+    ASPECT_TOLERANCE is padded to the video's exact aspect instead (near-square images keep the reference's size)."""
     ratio = width / height
     h, w = image.shape[:2]
     m = min(h, w)
@@ -131,24 +144,26 @@ def pad_to_aspect(image: np.ndarray, width: int, height: int) -> np.ndarray:
     else:
         new_h, new_w = int(m / ratio), m
     new_h, new_w = max(new_h, h), max(new_w, w)
+    if keep_proportions and aspect_stretch(new_h, new_w, width, height) > 1 + ASPECT_TOLERANCE:
+        new_h, new_w = max(h, round(w / ratio)), max(w, round(h * ratio))
     top, left = (new_h - h) // 2, (new_w - w) // 2
     out = np.zeros((new_h, new_w, 3), dtype=image.dtype)
     out[top:top + h, left:left + w] = image
     return out
 
 
-def first_frame_pixels(face_uint8: np.ndarray, width: int, height: int) -> torch.Tensor:
-    """[1, 3, H, W] in [-1, 1]: face padded to the aspect ratio, Lanczos-resized to W x H."""
+def first_frame_pixels(face_uint8: np.ndarray, width: int, height: int, keep_proportions: bool = False) -> torch.Tensor:
+    """[1, 3, H, W] in [-1, 1]: face padded to the aspect ratio (see pad_to_aspect), Lanczos-resized to W x H."""
     check(isinstance(face_uint8, np.ndarray) and face_uint8.dtype == np.uint8 and face_uint8.ndim == 3
           and face_uint8.shape[2] == 3, "face image", getattr(face_uint8, "shape", type(face_uint8)),
           "a uint8 H x W x 3 RGB array")
-    padded = pad_to_aspect(face_uint8, width, height)
-    ph, pw = padded.shape[:2]
-    if abs((pw / ph) / (width / height) - 1) > 0.02:  # the reference pads only up: a more elongated photo stays so
+    padded = pad_to_aspect(face_uint8, width, height, keep_proportions)
+    stretch = aspect_stretch(*padded.shape[:2], width, height)
+    if stretch > 1 + ASPECT_TOLERANCE:
         logging.getLogger("echovideo").warning(
-            "EchoVideo: the %dx%d reference image is more elongated than the %dx%d video, so the first frame is "
-            "resized out of proportion (as in the published code); crop the photo to about %d:%d for an undistorted "
-            "first frame", face_uint8.shape[1], face_uint8.shape[0], width, height, width, height)
+            "EchoVideo: the %dx%d reference image's aspect differs from the %dx%d video's, and the published "
+            "padding rule stretches the first frame %.2fx; pad the image to %d:%d for an undistorted first frame",
+            face_uint8.shape[1], face_uint8.shape[0], width, height, stretch, width, height)
     padded = Image.fromarray(padded)
     resized = np.asarray(padded.resize((width, height), Image.LANCZOS)).astype(np.float32) / np.float32(255.0)
     x = torch.from_numpy(resized).permute(2, 0, 1).unsqueeze(0)
@@ -157,13 +172,14 @@ def first_frame_pixels(face_uint8: np.ndarray, width: int, height: int) -> torch
 
 @torch.no_grad()
 def encode_face_frame(vae, face_uint8: np.ndarray, width: int, height: int, num_frames: int,
-                      dtype=torch.float32) -> torch.Tensor:
+                      dtype=torch.float32, keep_proportions: bool = False) -> torch.Tensor:
     """Image latents [1, F, C, h, w]: latent frame 0 = VAE posterior mode of the face frame times the
     scaling factor, zeros in the other latent frames. Encoded as the published infer.py does, with diffusers'
-    default tiling on: frames larger than half the VAE's training size (240 x 360) go in overlapping tiles."""
+    default tiling on: frames larger than half the VAE's training size (240 x 360) go in overlapping tiles.
+    keep_proportions: see pad_to_aspect (the nodes and the CLI set it; the reference's rule is the default)."""
     check_video_size(width, height, num_frames)
     p = next(vae.parameters())
-    pixels = first_frame_pixels(face_uint8, width, height).to(device=p.device, dtype=p.dtype)
+    pixels = first_frame_pixels(face_uint8, width, height, keep_proportions).to(device=p.device, dtype=p.dtype)
     configure_tiling(vae, True)  # the VAE's default tiles; smaller frames (the golden file's) are encoded whole
     latent = vae.encode(pixels.unsqueeze(2)).latent_dist.mode()  # [1, C, 1, h, w]
     latent = (vae.config.scaling_factor * latent.to(dtype)).permute(0, 2, 1, 3, 4)

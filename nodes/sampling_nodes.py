@@ -85,7 +85,7 @@ class FaceFrameEncode(io.ComfyNode):
         region = encode_region(vae.vae, int(height), int(width))
         bridge.load_gpu(vae.patcher, memory_required=vae_encode_bytes(*region, vae.dtype.itemsize, int(height),
                                                                       int(width)))
-        latents = encode_face_frame(vae.vae, face, int(width), int(height), int(num_frames))
+        latents = encode_face_frame(vae.vae, face, int(width), int(height), int(num_frames), keep_proportions=True)
         return io.NodeOutput(ImageLatentsData(latents=latents.float().to(bridge.intermediate_device()),
                                               width=int(width), height=int(height), num_frames=int(num_frames)))
 

@@ -60,8 +60,9 @@ def test_level1_fused_context_and_model_output(golden):
 
 @torch.no_grad()
 def test_level1_bf16_error_is_bounded(golden, record_property):
-    """bf16 weights and activations: reports the error seen (0.6-0.8% on five golden files); bound 3% of the
-    output's scale."""
+    """bf16 weights and activations: reports the error seen (0.6-1.1% on the golden files tried); bound 3% of the
+    output's scale. A coarse net: bf16-only code paths (the in-place GELU, say) have exact unit tests, since their
+    slips can hide inside bf16 rounding (erf GELU for tanh moved this figure by 0.07 points)."""
     model = build_dit(golden, torch.bfloat16)
     hs, text, face, ident, t = level1_inputs(golden)
     ctx = model.fuse_identity(text.bfloat16(), face.bfloat16(), ident.bfloat16())

@@ -67,6 +67,27 @@ def run_chain(seed=7, cfg=6.0):
                 cond=cond, img_lat=img_lat, latent=latent, frames=frames)
 
 
+def test_face_frame_encode_keeps_a_portrait_photo_in_proportion(env):
+    """A whole-image reference taller than the video is padded to the video's aspect, not stretched (the published
+    padding rule would stretch it 1.5x); a square crop is encoded as the reference pads it."""
+    mn = comfy_env.pack_module("nodes.model_nodes")
+    sn = comfy_env.pack_module("nodes.sampling_nodes")
+    from echovideo import vae as vae_lib
+
+    (vae,) = comfy_env.run_node(mn.VaeLoader, vae_name="vae_tiny.safetensors", precision="fp32")
+    for h, w, keep in ((96, 64, True), (64, 64, False)):
+        image = photo(3, h, w)
+        (encoded,) = comfy_env.run_node(sn.FaceFrameEncode, vae=vae, image=image, width=96, height=64,
+                                        num_frames=FRAMES)
+        face = sn.image_to_uint8(image)
+        expected = vae_lib.encode_face_frame(vae.vae, face, 96, 64, FRAMES, keep_proportions=keep)
+        torch.testing.assert_close(encoded.latents, expected.float(), rtol=0, atol=0)
+    stretched = vae_lib.encode_face_frame(vae.vae, sn.image_to_uint8(photo(3, 96, 64)), 96, 64, FRAMES)
+    (kept,) = comfy_env.run_node(sn.FaceFrameEncode, vae=vae, image=photo(3, 96, 64), width=96, height=64,
+                                 num_frames=FRAMES)
+    assert not torch.allclose(kept.latents, stretched.float())
+
+
 def test_chain_equals_library_pipeline(env):
     from echovideo import pipeline
     unwrap = comfy_env.pack_module("nodes.bridge").unwrap

@@ -425,7 +425,8 @@ def test_rope_real_arithmetic_equals_complex():
 
 def test_generate_uses_the_reference_image_for_the_first_frame(monkeypatch):
     """pipeline.generate: the first latent frame and the SigLIP tokens come from reference_image when given
-    (whole-image mode), else from the face crop; the ArcFace embedding is the one passed in either way."""
+    (whole-image mode), else from the face crop; the ArcFace embedding is the one passed in either way. A photo the
+    reference's padding would stretch is padded to the video's aspect (keep_proportions)."""
     import numpy as np
 
     from echovideo import pipeline
@@ -434,7 +435,7 @@ def test_generate_uses_the_reference_image_for_the_first_frame(monkeypatch):
     p = tiny.PRESETS["shared"]
     dit, vae, sig = tiny.tiny_dit(p), tiny.tiny_vae(p), tiny.tiny_siglip(p)
     rng = np.random.RandomState(0)
-    face, photo = (rng.randint(0, 256, (s, s, 3)).astype(np.uint8) for s in (96, 128))
+    face, photo = (rng.randint(0, 256, (h, w, 3)).astype(np.uint8) for h, w in ((96, 96), (128, 96)))
     text = torch.randn(1, p.text_len, p.text_dim)
     ident = rng.randn(512).astype(np.float32)
     run = dict(width=p.width, height=p.height, num_frames=p.frames, steps=2, seed=1, decode=False)
@@ -454,8 +455,10 @@ def test_generate_uses_the_reference_image_for_the_first_frame(monkeypatch):
         pipeline.generate(dit, vae, sig, text, text, face, ident, reference_image=reference,
                           dit_caller=FirstFrame(dit), **run)
     for index, image in ((0, face), (2, photo)):
-        expected = vae_lib.encode_face_frame(vae, image, p.width, p.height, p.frames)[0, 0]
+        expected = vae_lib.encode_face_frame(vae, image, p.width, p.height, p.frames, keep_proportions=True)[0, 0]
         torch.testing.assert_close(seen[index], expected)
+    stretched = vae_lib.encode_face_frame(vae, photo, p.width, p.height, p.frames)[0, 0]
+    assert not torch.allclose(seen[2], stretched)
     assert len(siglip_inputs) == 2 and siglip_inputs[0] is face and siglip_inputs[1] is photo
     assert len(fused) == 2 and all(e is ident for e in fused)
 

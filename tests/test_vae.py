@@ -398,14 +398,48 @@ def test_onednn_conv3d_follows_torch_switches(monkeypatch):
     assert vae_lib.conv3d_through_onednn_on_cpu(vae_lib.build_vae(tiny.vae_config(p), onednn_conv3d=False)) == 0
 
 
-def test_first_frame_warns_when_the_photo_is_more_elongated_than_the_video(caplog):
-    """Padding only adds rows or columns (the reference's rule), so a photo more elongated than the video stays so
-    and is resized out of proportion: the log says so and how to fix it; a square face crop gives no warning."""
+@pytest.mark.parametrize("shape, stretch", [((400, 1024), "1.45x"), ((1024, 683), "1.50x")])
+def test_first_frame_warns_when_the_reference_rule_stretches_the_image(caplog, shape, stretch):
+    """The reference's rule reaches the video's aspect only for images near square: a wide panorama, or a portrait
+    photo for a landscape video, is resized out of proportion; the log says by how much and how to fix it. A square
+    face crop gives no warning."""
     with caplog.at_level("WARNING", logger="echovideo"):
         vae_lib.first_frame_pixels(np.full((512, 512, 3), 200, np.uint8), 848, 480)
         vae_lib.first_frame_pixels(np.full((512, 512, 3), 200, np.uint8), 480, 848)
         assert not caplog.records
-        vae_lib.first_frame_pixels(np.full((400, 1024, 3), 200, np.uint8), 848, 480)
+        vae_lib.first_frame_pixels(np.full((*shape, 3), 200, np.uint8), 848, 480)
     assert len(caplog.records) == 1
-    assert "1024x400 reference image is more elongated than the 848x480 video" in caplog.text
-    assert "crop the photo to about 848:480" in caplog.text
+    assert f"the {shape[1]}x{shape[0]} reference image's aspect differs from the 848x480 video's" in caplog.text
+    assert f"stretches the first frame {stretch}" in caplog.text
+    assert "pad the image to 848:480" in caplog.text
+
+
+@pytest.mark.parametrize("shape, width, height", [
+    ((1024, 683), 848, 480), ((683, 1024), 480, 848), ((400, 1024), 848, 480), ((96, 80), 64, 64),
+    ((112, 96), 64, 64)])
+def test_keep_proportions_pads_to_the_exact_aspect_and_keeps_the_image_whole(caplog, shape, width, height):
+    """keep_proportions (the nodes' and the CLI's setting) pads any image the reference's rule would stretch to the
+    video's aspect, centred, never cropping or scaling it: the first frame is undistorted and nothing is logged."""
+    image = np.random.default_rng(0).integers(1, 256, (*shape, 3), dtype=np.uint8)
+    with caplog.at_level("WARNING", logger="echovideo"):
+        padded = vae_lib.pad_to_aspect(image, width, height, keep_proportions=True)
+        vae_lib.first_frame_pixels(image, width, height, keep_proportions=True)
+    assert not caplog.records
+    ph, pw = padded.shape[:2]
+    assert abs((pw / ph) / (width / height) - 1) < 0.01
+    assert vae_lib.aspect_stretch(*vae_lib.pad_to_aspect(image, width, height).shape[:2], width, height) > 1.02
+    top, left = (ph - shape[0]) // 2, (pw - shape[1]) // 2
+    assert np.array_equal(padded[top:top + shape[0], left:left + shape[1]], image)
+    assert padded.astype(np.int64).sum() == image.astype(np.int64).sum()  # the rest is black
+
+
+@pytest.mark.parametrize("shape, width, height", [((512, 512), 848, 480), ((512, 512), 480, 848),
+                                                  ((8, 10), 96, 64), ((512, 512), 720, 480)])
+def test_keep_proportions_leaves_near_square_crops_as_the_reference_pads_them(shape, width, height):
+    """Where the reference's rule already reaches the aspect (the aligned 512 x 512 crop at every size), the padding,
+    and so the first frame, are the reference's to the bit."""
+    image = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    assert np.array_equal(vae_lib.pad_to_aspect(image, width, height, keep_proportions=True),
+                          vae_lib.pad_to_aspect(image, width, height))
+    assert torch.equal(vae_lib.first_frame_pixels(image, width, height, keep_proportions=True),
+                       vae_lib.first_frame_pixels(image, width, height))
