@@ -574,6 +574,30 @@ def test_16_bit_grayscale_photo_keeps_its_tones(tmp_path):
     assert np.array_equal(rgb[..., 0], expected) and np.array_equal(rgb[..., 2], expected)
 
 
+def test_16_bit_png_opened_as_mode_i_keeps_its_tones(tmp_path, monkeypatch):
+    """Pillow before 10 opens a 16-bit grayscale PNG as mode I; it is scaled to 8 bits too (the format is read
+    before the EXIF transpose, whose copy carries none)."""
+    from PIL import Image
+
+    from echovideo.face import load_image_file
+
+    ramp = (np.arange(64 * 32, dtype=np.uint16).reshape(32, 64) * 32).astype(np.uint16)
+    path = tmp_path / "gray16.png"
+    Image.fromarray(ramp).save(path)
+    real_open = Image.open
+
+    def open_as_older_pillow(p, *a, **kw):
+        with real_open(p, *a, **kw) as im:
+            old = im.convert("I")
+        old.format = "PNG"
+        return old
+
+    monkeypatch.setattr(Image, "open", open_as_older_pillow)
+    rgb = load_image_file(str(path))
+    expected = np.round(ramp.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert np.array_equal(rgb[..., 1], expected)
+
+
 def test_32_bit_integer_image_is_not_taken_for_16_bit(tmp_path):
     """Only 16-bit grayscale is rescaled; a 32-bit integer TIFF (PIL mode I) converts as the published code's
     convert("RGB") does, so an 8-bit range stays as it is."""

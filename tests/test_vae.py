@@ -132,6 +132,26 @@ def test_siglip_file_without_its_weights_is_named(tmp_path):
         siglip.load_siglip(part)
 
 
+def test_siglip_of_another_size_is_named_in_one_short_line(tmp_path):
+    """A clip_vision file of another SigLIP (so400m, patch 14, no config: loaded against SigLIP-base's config) is
+    refused with the first differing weight and the model needed, not torch's list of every size mismatch."""
+    from safetensors.torch import save_file
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    other = SiglipVisionModel(SiglipVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                                                 num_attention_heads=4, image_size=28, patch_size=14))
+    state = {("" if k.startswith("vision_model.") else "vision_model.") + k: v.contiguous()
+             for k, v in other.state_dict().items()}
+    path = str(tmp_path / "sigclip_vision_patch14_384.safetensors")
+    save_file(state, path)
+    with pytest.raises(CheckpointError) as e:
+        siglip.load_siglip(path)
+    message = str(e.value)
+    assert message.startswith(f"{path}: a vision model of another size or patch: ")
+    assert "[48, 3, 14, 14], SigLIP's is [768, 3, 16, 16]" in message
+    assert "use google/siglip-base-patch16-224" in message and len(message) < 500
+
+
 def _cache_bytes(cache):
     if torch.is_tensor(cache):
         return cache.numel() * cache.element_size()

@@ -15,8 +15,9 @@ def load_image_file(path: str) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
+            file_format = im.format  # the transposed copy has none
             im = ImageOps.exif_transpose(im)
-            if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
+            if im.mode.startswith("I;16") or (im.mode == "I" and file_format == "PNG"):
                 # 16-bit grayscale (older Pillow opens 16-bit PNGs as mode I): convert("RGB") would clip it;
                 # other mode-I images (32-bit TIFFs) convert as in the published code
                 im = Image.fromarray((np.asarray(im, dtype=np.float64) * (255 / 65535)).round().clip(0, 255)
