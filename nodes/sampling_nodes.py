@@ -42,6 +42,19 @@ def sampler_input_problem(steps, cfg):
     return None
 
 
+def model_link_problem(config, conditioning, image_latents):
+    """None, or which link feeds the Sampler something made for another model, and what to connect instead."""
+    width, needs = conditioning.positive.shape[-1], config.text_embed_dim
+    if width != needs:
+        return (f"conditioning: {width} wide, this model takes {needs}: it was fused by another model; feed IITF "
+                "Fusion and the Sampler from the same Model Loader")
+    channels, needs = image_latents.latents.shape[2], config.out_channels
+    if channels != needs:
+        return (f"image_latents: {channels} latent channels, this model takes {needs}: encode the face frame with "
+                "the CogVideoX VAE (EchoVideo VAE Loader) in Face Frame Encode")
+    return None
+
+
 class FaceFrameEncode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -127,7 +140,9 @@ class Sampler(io.ComfyNode):
                 io.Boolean.Input("dynamic_cfg", default=True,
                                  tooltip="Ramp the guidance scale over the steps as the reference does."),
                 io.Int.Input("seed", default=42, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Noise seed (CPU generator, same as the reference for the same seed)."),
+                             tooltip="Noise seed (CPU generator). The initial noise equals the published pipeline's "
+                                     "for the same seed; its later draws, and so the video, differ (README: "
+                                     "Fidelity)."),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="Denoised video latents for VAE Decode.")],
         )
@@ -142,6 +157,9 @@ class Sampler(io.ComfyNode):
         if problem:  # linked values skip the widgets' limits
             raise ValueError(f"EchoVideo Sampler: {problem}")
         dit = model.model
+        problem = model_link_problem(dit.config, conditioning, image_latents)
+        if problem:
+            raise ValueError(f"EchoVideo Sampler: {problem}")
         use_cfg = cfg > 1.0
         lat = image_latents.latents
         _, frames, _, h, w = lat.shape

@@ -18,8 +18,19 @@ from .bridge import choice_problem, io, queue_time_result
 from .types import CompileSettingsData, Model, StepCacheSettings
 
 CATEGORY = "EchoVideo"
+MAX_WARMUP_STEPS = 500
 BACKENDS = ["inductor", "aot_eager", "eager"]
 MODES = ["default", "reduce-overhead", "max-autotune-no-cudagraphs"]
+
+
+def step_cache_input_problem(threshold, warmup_steps) -> str | None:
+    """None, or what is wrong with the Step Cache's inputs (linked values skip the widgets' limits)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        return f"threshold: got {threshold!r}, needs a number from 0 to 1 (0 computes every step)"
+    if (isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, float))
+            or warmup_steps != int(warmup_steps) or not 2 <= warmup_steps <= MAX_WARMUP_STEPS):
+        return f"warmup_steps: got {warmup_steps!r}, needs an integer from 2 to {MAX_WARMUP_STEPS}"
+    return None
 
 
 def compile_problem(backend: str, device) -> str | None:
@@ -109,7 +120,7 @@ class StepCacheNode(io.ComfyNode):
                                tooltip="Largest estimated relative error a skipped step may carry (0.05 = 5% of "
                                        "the transformer output). Higher = more steps skipped (faster) and more "
                                        "drift from the uncached video; 0 = every step computed (identical output)."),
-                io.Int.Input("warmup_steps", default=DEFAULT_WARMUP_STEPS, min=2, max=500,
+                io.Int.Input("warmup_steps", default=DEFAULT_WARMUP_STEPS, min=2, max=MAX_WARMUP_STEPS,
                              tooltip="First steps always computed (they set the layout and calibrate the error "
                                      "estimate; at least 2); the last step is always computed too."),
             ],
@@ -118,6 +129,9 @@ class StepCacheNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, threshold=DEFAULT_THRESHOLD, warmup_steps=DEFAULT_WARMUP_STEPS) -> io.NodeOutput:
+        problem = step_cache_input_problem(threshold, warmup_steps)
+        if problem:
+            raise ValueError(f"EchoVideo Step Cache: {problem}")
         # a copy: the cached loader output (shared with other branches) keeps no cache setting
         settings = StepCacheSettings(threshold=float(threshold), warmup_steps=int(warmup_steps))
         return io.NodeOutput(dataclasses.replace(model, step_cache=settings))

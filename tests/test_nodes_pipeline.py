@@ -385,6 +385,33 @@ def test_bad_inputs_give_clear_errors(env):
                            num_frames=9)
 
 
+def test_sampler_names_the_link_made_for_another_model(env):
+    """Conditioning fused by another model, or face-frame latents from another VAE: the Sampler names the link and
+    what to connect, before loading anything (not the DiT's shape check deep in the loop)."""
+    mn = comfy_env.pack_module("nodes.model_nodes")
+    sn = comfy_env.pack_module("nodes.sampling_nodes")
+    types = comfy_env.pack_module("nodes.types")
+    (model,) = comfy_env.run_node(mn.ModelLoader, model_name="echo_tiny.safetensors", weight_dtype="default",
+                                  attention="sdpa")
+    c = model.model.config
+    lat = torch.zeros(1, 3, c.out_channels, 8, 8)
+    good_cond = types.ConditioningData(positive=torch.zeros(1, 226, c.text_embed_dim),
+                                       negative=torch.zeros(1, 226, c.text_embed_dim))
+    wide = types.ConditioningData(positive=torch.zeros(1, 226, c.text_embed_dim + 8),
+                                  negative=torch.zeros(1, 226, c.text_embed_dim + 8))
+    latents = types.ImageLatentsData(latents=lat, width=64, height=64, num_frames=9)
+    other_vae = types.ImageLatentsData(latents=torch.zeros(1, 3, c.out_channels + 1, 8, 8), width=64, height=64,
+                                       num_frames=9)
+    run = dict(model=model, steps=2, cfg=6.0, dynamic_cfg=True, seed=1)
+    with pytest.raises(ValueError, match=f"^EchoVideo Sampler: conditioning: {c.text_embed_dim + 8} wide, this "
+                                         f"model takes {c.text_embed_dim}: .*same Model Loader"):
+        comfy_env.run_node(sn.Sampler, conditioning=wide, image_latents=latents, **run)
+    with pytest.raises(ValueError, match=f"^EchoVideo Sampler: image_latents: {c.out_channels + 1} latent channels, "
+                                         f"this model takes {c.out_channels}: .*Face Frame Encode"):
+        comfy_env.run_node(sn.Sampler, conditioning=good_cond, image_latents=other_vae, **run)
+    assert sn.model_link_problem(c, good_cond, latents) is None
+
+
 def test_loader_options_reach_the_models(env, monkeypatch):
     """Face Encoder Loader 'auto' runs the face models on ComfyUI's device and SigLIP in the compute dtype;
     the VAE Loader's precision is the VAE's dtype; an out-of-memory while loading stays one (not 'wrong file')."""
