@@ -3,10 +3,11 @@ index + config.json) or one merged .safetensors; bf16 / fp16 / fp32 / fp8 storag
 import json
 import math
 import os
-from typing import Dict, Optional, Tuple
+import re
+from typing import Dict, List, Optional, Tuple
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from .config import RELEASED_CONFIG, TransformerConfig
 from .errors import CheckpointError
@@ -17,6 +18,7 @@ from .transformer import EchoVideoTransformer
 KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
 SAFETENSORS_HINT = "EchoVideo loads .safetensors (or .sft) only (no pickle files: .bin/.pt/.ckpt)"
 SAFETENSORS_EXTENSIONS = (".safetensors", ".sft")
+SHARD_NAME = re.compile(r"-(\d{5})-of-(\d{5})(\.safetensors|\.sft)$", re.IGNORECASE)  # k-of-N
 
 
 def single_file_config(path: str) -> Optional[dict]:
@@ -42,23 +44,49 @@ def read_json_file(path: str):
         return parse_json(f.read(), path)
 
 
+def implied_shards(names) -> set:
+    """Every shard that the names' -0000k-of-0000N endings say the checkpoint has."""
+    shards = set()
+    for name in names:
+        m = SHARD_NAME.search(name)
+        if m:
+            shards.update(f"{name[:m.start()]}-{k:05d}-of-{m[2]}{m[3]}" for k in range(1, int(m[2]) + 1))
+    return shards
+
+
+def folder_weight_files(folder: str, what: str) -> List[str]:
+    """A model folder's weight files: those its *.safetensors.index.json names, else every .safetensors/.sft in it
+    ([] when none). A shard that is not there, or that safetensors cannot open (cut short), is named."""
+    listed = sorted(os.listdir(folder))
+    index = next((n for n in listed if n.endswith(".safetensors.index.json")), None)
+    if index:
+        names = set(read_json_file(os.path.join(folder, index))["weight_map"].values())
+    else:
+        names = {n for n in listed if n.lower().endswith(SAFETENSORS_EXTENSIONS)}
+    missing = sorted(n for n in names | implied_shards(names) if not os.path.isfile(os.path.join(folder, n)))
+    if missing:
+        raise CheckpointError(f"{folder}: the checkpoint needs {', '.join(missing)}, which "
+                              f"{'is' if len(missing) == 1 else 'are'} not in the folder; download every shard of "
+                              f"{what} into it")
+    files = [os.path.join(folder, n) for n in sorted(names)]
+    for file in files:
+        try:
+            with safe_open(file, "pt"):  # reads the header: a file cut short fails here
+                pass
+        except SafetensorError as e:
+            raise CheckpointError(f"{file}: cannot be read ({e}); the file is incomplete or damaged: "
+                                  "download it again") from None
+    return files
+
+
 def _weight_files(path: str):
     """(list of safetensors files, config dict or None)."""
     if os.path.isdir(path):
         cfg_file = os.path.join(path, "config.json")
         config = read_json_file(cfg_file) if os.path.isfile(cfg_file) else None
-        index = [f for f in os.listdir(path) if f.endswith(".safetensors.index.json")]
-        if index:
-            names = sorted(set(read_json_file(os.path.join(path, index[0]))["weight_map"].values()))
-        else:
-            names = sorted(f for f in os.listdir(path) if f.lower().endswith(SAFETENSORS_EXTENSIONS))
-        if not names:
+        files = folder_weight_files(path, "the transformer")
+        if not files:
             raise CheckpointError(f"{path}: no .safetensors weights in this folder; {SAFETENSORS_HINT}")
-        files = [os.path.join(path, n) for n in names]
-        missing = [f for f in files if not os.path.isfile(f)]
-        if missing:
-            raise CheckpointError(f"{path}: the index names {os.path.basename(missing[0])}, which is not in the "
-                                  f"folder; download every shard of the transformer")
         return files, config
     return [path], single_file_config(path)
 
@@ -95,8 +123,9 @@ def expected_layout(config: TransformerConfig) -> Dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def diagnose(found: Dict[str, tuple], expected: Dict[str, tuple]) -> Optional[str]:
-    """None when the layouts agree, else a message naming the first missing/unexpected keys and the cause."""
+def diagnose(found: Dict[str, tuple], expected: Dict[str, tuple], path: str = "") -> Optional[str]:
+    """None when the layouts agree, else a message naming the first missing/unexpected keys and the cause
+    (`path`: the file or folder read, for causes its name tells)."""
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
     wrong = [k for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
@@ -109,7 +138,16 @@ def diagnose(found: Dict[str, tuple], expected: Dict[str, tuple]) -> Optional[st
         parts.append(f"first unexpected: {unexpected[0]}")
     if wrong:
         parts.append(f"first wrong shape: {wrong[0]} is {tuple(found[wrong[0]])}, needs {tuple(expected[wrong[0]])}")
+    name = os.path.basename(os.path.normpath(path))
+    shard = SHARD_NAME.search(name)
+    if missing and shard:
+        return "; ".join(parts) + (f". Likely cause: {name} is one shard of a {int(shard[2])}-shard checkpoint: "
+                                   "select the folder that holds every shard and its .index.json (download all "
+                                   f"{int(shard[2])} shards)")
     causes = []
+    if "scaled_fp8" in found or any(k.endswith(".scale_weight") for k in unexpected):
+        causes.append("a ComfyUI scaled-fp8 file (.scale_weight keys): this format is not supported; use a plain "
+                      "fp8 (e4m3fn) or bf16 EchoVideo transformer file")
     if missing and all(k.split(".")[0] in IITF.SUBMODULES for k in missing):
         causes.append("this looks like a plain CogVideoX-5B checkpoint without EchoVideo's identity modules "
                       "(face_proj, text_proj, face_info_proj, face_prj_wofc); load the EchoVideo transformer")
@@ -133,12 +171,12 @@ def read_config_and_weights(path: str, what: str, default_config: Optional[dict]
         if not os.path.isfile(cfg_file):
             raise CheckpointError(f"{what} folder {path} has no config.json")
         config = read_json_file(cfg_file)
-        files = sorted(n for n in os.listdir(path) if n.lower().endswith(SAFETENSORS_EXTENSIONS))
+        files = folder_weight_files(path, f"the {what}")
         if not files:
             raise CheckpointError(f"{what} folder {path} has no .safetensors weights; {SAFETENSORS_HINT}")
         state = {}
-        for name in files:
-            state.update(load_file(os.path.join(path, name)))
+        for file in files:
+            state.update(load_file(file))
         return config, state
     config = single_file_config(path)
     return (config if config is not None else default_config), load_file(path)
@@ -189,7 +227,7 @@ def load_transformer(path: str, weight_dtype: Optional[torch.dtype] = None,
         config = TransformerConfig.from_dict(config_dict)
     except (CheckpointError, TypeError) as e:
         raise CheckpointError(f"{path}: {e}") from None
-    problem = diagnose({k: v[0] for k, v in layout.items()}, expected_layout(config))
+    problem = diagnose({k: v[0] for k, v in layout.items()}, expected_layout(config), path)
     if problem:
         raise CheckpointError(f"{path}: does not match the EchoVideo transformer: {problem}")
     stored = main_stored_dtype(layout)

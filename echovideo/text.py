@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
-from .checkpoint import parse_json, read_json_file
+from .checkpoint import folder_weight_files, parse_json, read_json_file
 from .errors import CheckpointError, EchoVideoInputError
 
 MAX_LENGTH = 226  # the reference's max_sequence_length
@@ -95,8 +95,7 @@ def _config_from(folder_or_file: str) -> tuple[dict, List[str]]:
             raise CheckpointError(f"T5 folder {folder_or_file!r} has no config.json (needs the transformers layout: "
                                   "config.json + *.safetensors)")
         config = read_json_file(cfg_path)
-        files = sorted(os.path.join(folder_or_file, n) for n in os.listdir(folder_or_file)
-                       if n.lower().endswith((".safetensors", ".sft")))
+        files = folder_weight_files(folder_or_file, "the T5 encoder")
         if not files:
             pickles = [n for n in os.listdir(folder_or_file) if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
             extra = f" (found {', '.join(pickles)}: pickle files are not loaded; convert them to safetensors)" if pickles else ""

@@ -65,29 +65,31 @@ def file_list(name: str, extensions: Iterable[str] = SAFETENSORS) -> List[str]:
     return [n for n in names if not exts or n.lower().endswith(exts)]
 
 
-def subfolders_with(name: str, marker: str) -> List[str]:
-    """Subfolders (relative names, one level or two deep) of a model folder that contain `marker`."""
+def is_model_folder(path: str) -> bool:
+    """config.json or a shard index (*.safetensors.index.json) marks a folder the loaders take whole."""
+    return os.path.isdir(path) and any(n == "config.json" or n.endswith(".safetensors.index.json")
+                                       for n in os.listdir(path))
+
+
+def model_folders(name: str) -> List[str]:
+    """Model folders (relative names) in a model folder: one or two levels deep (e.g. CogVideoX-5b/text_encoder),
+    or deeper when they hold weights (a Hugging Face cache's models--org--name/snapshots/<hash>/transformer)."""
+    weight_dirs = {os.path.dirname(f.replace(os.sep, "/")) for f in file_list(name)} - {""}
     found = set()
     for root in folders(name):
         if not os.path.isdir(root):
             continue
-        for d in sorted(os.listdir(root)):
-            p = os.path.join(root, d)
-            if not os.path.isdir(p):
-                continue
-            if os.path.isfile(os.path.join(p, marker)):
-                found.add(d)
-            for d2 in sorted(os.listdir(p)):  # e.g. CogVideoX-5b/text_encoder
-                if os.path.isfile(os.path.join(p, d2, marker)):
-                    found.add(f"{d}/{d2}")
+        shallow = [d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))]
+        shallow += [f"{d}/{d2}" for d in shallow for d2 in os.listdir(os.path.join(root, d))]
+        found.update(d for d in weight_dirs.union(shallow) if is_model_folder(os.path.join(root, d)))
     return sorted(found)
 
 
-def model_entries(name: str, marker: str = "config.json") -> List[str]:
-    """Loader choices: model folders (holding `marker`) and single files, without the files inside those folders
-    (a shard of a folder is not a model on its own)."""
-    dirs = subfolders_with(name, marker)
-    inside = tuple(d.rstrip("/") + "/" for d in dirs)
+def model_entries(name: str) -> List[str]:
+    """Loader choices: model folders and single files, without the files inside those folders (a shard of a
+    folder is not a model on its own)."""
+    dirs = model_folders(name)
+    inside = tuple(d + "/" for d in dirs)
     return dirs + [f for f in file_list(name) if not f.replace(os.sep, "/").startswith(inside)]
 
 

@@ -68,4 +68,4 @@ def run_node(cls, **inputs):
 
 
 # tiny models: tests/make_tiny_models.py (plain script, no pytest/ComfyUI)
-from make_tiny_models import TINY, write_tiny_models  # noqa: E402,F401
+from make_tiny_models import TINY, write_diffusers_folder, write_tiny_models  # noqa: E402,F401

@@ -52,6 +52,25 @@ def write_tokenizer(folder: str) -> str:
     return folder
 
 
+def write_diffusers_folder(state, config, folder):
+    """Two bf16 shards + index + config.json, as the released transformer/ folder."""
+    import torch
+    from safetensors.torch import save_file
+
+    os.makedirs(folder)
+    keys = sorted(state)
+    shards = {"diffusion_pytorch_model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "diffusion_pytorch_model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    weight_map = {}
+    for name, ks in shards.items():
+        save_file({k: state[k].to(torch.bfloat16).contiguous() for k in ks}, os.path.join(folder, name))
+        weight_map.update({k: name for k in ks})
+    with open(os.path.join(folder, "diffusion_pytorch_model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"_class_name": "EchoVideoLDM", "_diffusers_version": "0.31.0", **config}, f)
+
+
 def write_tiny_upscaler(path: str, scale: int = 2, feat: int = 8, convs: int = 2) -> str:
     """SRVGGNetCompact state dict (body.N conv/PReLU + pixel shuffle), the layout spandrel detects."""
     import torch

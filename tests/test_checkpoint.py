@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from echovideo import checkpoint
 from echovideo.errors import CheckpointError
 from golden import Golden, assert_close_scaled, golden_params, level1_output
+from make_tiny_models import write_diffusers_folder
 
 IDENTITY_MODULES = ("face_proj", "text_proj", "face_info_proj", "face_prj_wofc")
 
@@ -22,22 +23,6 @@ def golden(request):
 
 def rel_error(out, ref):
     return ((out.float() - ref).abs().max() / ref.abs().max()).item()
-
-
-def write_diffusers_folder(state, config, folder):
-    """Two shards + index + config.json, as the released transformer/ folder."""
-    os.makedirs(folder)
-    keys = sorted(state)
-    shards = {"diffusion_pytorch_model-00001-of-00002.safetensors": keys[: len(keys) // 2],
-              "diffusion_pytorch_model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
-    weight_map = {}
-    for name, ks in shards.items():
-        save_file({k: state[k].to(torch.bfloat16).contiguous() for k in ks}, os.path.join(folder, name))
-        weight_map.update({k: name for k in ks})
-    with open(os.path.join(folder, "diffusion_pytorch_model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {}, "weight_map": weight_map}, f)
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump({"_class_name": "EchoVideoLDM", "_diffusers_version": "0.31.0", **config}, f)
 
 
 @pytest.mark.golden
@@ -319,3 +304,90 @@ def test_broken_config_json_is_a_checkpoint_error(tmp_path):
     (dit_folder / "diffusion_pytorch_model.safetensors.index.json").write_text("{")
     with pytest.raises(CheckpointError, match="safetensors.index.json is not valid JSON"):
         checkpoint.load_transformer(str(dit_folder))
+
+
+# ---- sharded folders: a missing, cut or lone shard is named with the fix
+
+def _tiny_sharded_folder(tmp_path, index=True):
+    """The tiny DiT as the released transformer/ folder (two shards, config.json; the index when `index`)."""
+    model = _tiny_dit()
+    folder = tmp_path / "transformer"
+    write_diffusers_folder(model.state_dict(), model.config.to_dict(), str(folder))
+    if not index:
+        os.remove(folder / "diffusion_pytorch_model.safetensors.index.json")
+    return folder
+
+
+@pytest.mark.parametrize("index", [True, False])
+def test_missing_shard_of_tiny_folder_is_named(tmp_path, index):
+    """With or without the index, a shard that is not there is named (the -0000k-of-0000N names say how many)."""
+    folder = _tiny_sharded_folder(tmp_path, index)
+    os.remove(folder / "diffusion_pytorch_model-00002-of-00002.safetensors")
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load_transformer(str(folder))
+    assert str(info.value) == (f"{folder}: the checkpoint needs diffusion_pytorch_model-00002-of-00002.safetensors, "
+                               "which is not in the folder; download every shard of the transformer into it")
+
+
+def test_cut_shard_is_named(tmp_path):
+    """A shard cut short (an interrupted download) is named, not its folder, with the fix."""
+    folder = _tiny_sharded_folder(tmp_path)
+    shard = folder / "diffusion_pytorch_model-00002-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-1000])
+    for read in (checkpoint.read_header, checkpoint.load_transformer):
+        with pytest.raises(CheckpointError, match=re.escape(f"{shard}: cannot be read (") +
+                           r".*\); the file is incomplete or damaged: download it again$"):
+            read(str(folder))
+
+
+def test_one_shard_selected_is_named_as_a_shard(tmp_path):
+    """One shard of the released folder, selected as a model: the error says so instead of the generic cause."""
+    folder = _tiny_sharded_folder(tmp_path)
+    shard = folder / "diffusion_pytorch_model-00001-of-00002.safetensors"
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load_transformer(str(shard))
+    assert str(info.value).endswith(
+        "Likely cause: diffusion_pytorch_model-00001-of-00002.safetensors is one shard of a 2-shard checkpoint: "
+        "select the folder that holds every shard and its .index.json (download all 2 shards)")
+    assert GENERIC_CAUSE not in str(info.value)
+
+
+def test_index_decides_which_files_load(tmp_path):
+    """A stray .safetensors beside the indexed shards is not loaded."""
+    folder = _tiny_sharded_folder(tmp_path)
+    save_file({"stray.weight": torch.zeros(2)}, str(folder / "leftover.safetensors"))
+    assert "stray.weight" not in checkpoint.read_header(str(folder))[0]
+    checkpoint.load_transformer(str(folder))
+
+
+def test_scaled_fp8_file_is_named(tmp_path):
+    """ComfyUI's scaled fp8 (a scale_weight per matrix and a scaled_fp8 marker key) is refused by name."""
+    model = _tiny_dit()
+    state = {k: v.to(torch.float8_e4m3fn) for k, v in model.state_dict().items()}
+    state.update({k[: -len("weight")] + "scale_weight": torch.ones(()) for k, v in model.state_dict().items()
+                  if k.endswith(".weight") and v.dim() == 2})
+    state["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
+    path = _save_state(state, model.config, tmp_path / "scaled.safetensors")
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load_transformer(path)
+    assert str(info.value).startswith(f"{path}: does not match the EchoVideo transformer")
+    assert str(info.value).endswith(
+        "Likely cause: a ComfyUI scaled-fp8 file (.scale_weight keys): this format is not supported; use a plain "
+        "fp8 (e4m3fn) or bf16 EchoVideo transformer file")
+
+
+def test_vae_folder_shard_cut_or_missing_is_named(tmp_path):
+    """The VAE and SigLIP folders read their shards the same way: the index decides, a bad file is named."""
+    folder = tmp_path / "vae"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    save_file({"a": torch.zeros(2)}, str(folder / "model-00001-of-00002.safetensors"))
+    with pytest.raises(CheckpointError, match=re.escape("needs model-00002-of-00002.safetensors, which is not in "
+                                                        "the folder; download every shard of the VAE into it")):
+        checkpoint.read_config_and_weights(str(folder), "VAE")
+    save_file({"b": torch.zeros(2)}, str(folder / "model-00002-of-00002.safetensors"))
+    assert sorted(checkpoint.read_config_and_weights(str(folder), "VAE")[1]) == ["a", "b"]
+    cut = folder / "model-00002-of-00002.safetensors"
+    cut.write_bytes(cut.read_bytes()[:20])
+    with pytest.raises(CheckpointError, match=re.escape(f"{cut}: cannot be read") + ".*download it again$"):
+        checkpoint.read_config_and_weights(str(folder), "VAE")

@@ -1,5 +1,6 @@
 """nodes/bridge.py in a real ComfyUI (in-process): folders, resolution, dtypes, ops, progress, unload hook."""
 import os
+import re
 import sys
 import types
 
@@ -56,7 +57,7 @@ def test_resolve_entry_finds_folders_and_files(bridge, tmp_path, monkeypatch):
     (tmp_path / "x.safetensors").write_bytes(b"")
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "diffusion_models", ([str(tmp_path)], {".safetensors"}))
     folder_paths.filename_list_cache.pop("diffusion_models", None)
-    assert bridge.subfolders_with("diffusion_models", "config.json") == ["CogVideoX/transformer"]
+    assert bridge.model_folders("diffusion_models") == ["CogVideoX/transformer"]
     assert bridge.resolve_entry("diffusion_models", "CogVideoX/transformer") == str(tmp_path / "CogVideoX" / "transformer")
     assert bridge.resolve_entry("diffusion_models", "x.safetensors") == str(tmp_path / "x.safetensors")
     assert bridge.file_list("diffusion_models") == ["x.safetensors"]
@@ -415,3 +416,44 @@ def test_missing_model_error_survives_a_missing_face_package(bridge, monkeypatch
     assert "model 'echo.safetensors' not found in the 'diffusion_models' folders" in msg, msg
     assert "the CogVideoX VAE (models/vae)" in msg
     assert "the face pipeline's Python packages (No module named 'cv2'; install the pack's requirements.txt)" in msg
+
+
+def test_shard_index_marks_a_model_folder_at_any_depth(bridge, tmp_path, monkeypatch):
+    """The released shards + index without config.json, and a Hugging Face cache snapshot, are offered as one
+    folder each; their shards are not offered on their own."""
+    import folder_paths
+
+    shards = [f"diffusion_pytorch_model-0000{i}-of-00002.safetensors" for i in (1, 2)]
+    hf = "hub/models--bytedance-research--EchoVideo/snapshots/abc123/transformer"
+    for sub in ("EchoVideo", hf):
+        (tmp_path / sub).mkdir(parents=True)
+        (tmp_path / sub / "diffusion_pytorch_model.safetensors.index.json").write_text("{}")
+        for name in shards:
+            (tmp_path / sub / name).write_bytes(b"")
+    (tmp_path / hf / "config.json").write_text("{}")
+    (tmp_path / "loose").mkdir()  # shards without an index or config.json stay files
+    (tmp_path / "loose" / shards[0]).write_bytes(b"")
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "diffusion_models", ([str(tmp_path)], {".safetensors"}))
+    folder_paths.filename_list_cache.pop("diffusion_models", None)
+    assert bridge.model_entries("diffusion_models") == ["EchoVideo", hf, f"loose/{shards[0]}"]
+    assert bridge.resolve_entry("diffusion_models", hf) == str(tmp_path / hf)
+
+
+def test_model_loader_names_the_cut_shard(tmp_path, monkeypatch):
+    """A released transformer/ folder with a shard cut short: the Model Loader names that shard and the fix."""
+    import folder_paths
+
+    from echovideo import tiny
+    from echovideo.errors import CheckpointError
+
+    mn = comfy_env.pack_module("nodes.model_nodes")
+    model = tiny.tiny_dit(tiny.PRESETS["shared"])
+    folder = tmp_path / "transformer"
+    comfy_env.write_diffusers_folder(model.state_dict(), model.config.to_dict(), str(folder))
+    cut = folder / "diffusion_pytorch_model-00002-of-00002.safetensors"
+    cut.write_bytes(cut.read_bytes()[:-1000])
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "diffusion_models", ([str(tmp_path)], {".safetensors"}))
+    folder_paths.filename_list_cache.pop("diffusion_models", None)
+    with pytest.raises(CheckpointError, match="^" + re.escape(f"EchoVideo Model Loader: {cut}: cannot be read (") +
+                       r".*\); the file is incomplete or damaged: download it again$"):
+        comfy_env.run_node(mn.ModelLoader, model_name="transformer", weight_dtype="fp32", attention="sdpa")

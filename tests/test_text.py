@@ -1,6 +1,7 @@
 """echovideo.text: reference T5 path on tiny random weights (no ComfyUI needed)."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -281,3 +282,50 @@ def test_invalid_config_metadata_json_is_a_checkpoint_error(tmp_path):
         text.load_t5_encoder(str(path))
     assert not isinstance(info.value, json.JSONDecodeError)
     assert str(info.value).startswith(f"{str(path)!r}: ")
+
+
+# ---- the released text_encoder/ folder: two shards + model.safetensors.index.json
+
+def _write_index(folder):
+    from safetensors import safe_open
+
+    weight_map = {}
+    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+        with safe_open(os.path.join(folder, name), "pt") as f:
+            weight_map.update({k: name for k in f.keys()})
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f)
+
+
+@pytest.mark.parametrize("index", [True, False])
+def test_t5_missing_shard_is_named(tiny_t5, index):
+    _, folder, _ = tiny_t5
+    if index:
+        _write_index(folder)
+    os.remove(os.path.join(folder, "model-00002-of-00002.safetensors"))
+    with pytest.raises(CheckpointError) as info:
+        text.load_t5_encoder(folder)
+    assert str(info.value) == (f"{folder}: the checkpoint needs model-00002-of-00002.safetensors, which is not in "
+                               "the folder; download every shard of the T5 encoder into it")
+
+
+def test_t5_index_decides_which_files_load(tiny_t5):
+    """A stray .safetensors beside the indexed shards (an old download) is not loaded."""
+    model, folder, tok_dir = tiny_t5
+    _write_index(folder)
+    save_file({"encoder.block.9.stray.weight": torch.zeros(2)}, os.path.join(folder, "old.safetensors"))
+    enc = text.load_t5_encoder(folder, dtype=torch.float32)
+    tok = text.load_tokenizer(tok_dir)
+    torch.testing.assert_close(text.encode_prompt(enc, tok, "a man"), reference(model, tok, "a man"))
+
+
+def test_t5_cut_shard_is_named(tiny_t5):
+    _, folder, _ = tiny_t5
+    _write_index(folder)
+    shard = os.path.join(folder, "model-00001-of-00002.safetensors")
+    data = open(shard, "rb").read()
+    with open(shard, "wb") as f:
+        f.write(data[:-500])
+    with pytest.raises(CheckpointError, match=re.escape(f"{shard}: cannot be read (") +
+                       r".*\); the file is incomplete or damaged: download it again$"):
+        text.load_t5_encoder(folder)
