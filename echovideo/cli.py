@@ -15,6 +15,7 @@ import time
 import torch
 
 from .errors import EchoVideoInputError
+from .guidance import MAX_GUIDANCE_SCALE
 from .sampling import RELEASED_SCHEDULER_CONFIG
 from .step_cache import DEFAULT_THRESHOLD
 from .video import check_video_size
@@ -22,6 +23,9 @@ from .video import check_video_size
 DEFAULTS = dict(dit="EchoVideo", vae="CogVideoX-5b-vae", t5="EchoVideo-t5-v1_1-xxl",
                 siglip="siglip-base-patch16-224")
 OUTPUT_EXTENSIONS = (".mp4", ".webp", ".gif")  # what video_io.save_video writes
+MAX_FPS = 240
+MAX_GIF_FPS = 50  # GIF frame times are 10 ms ticks, and players slow down delays under 20 ms
+PATH_OPTIONS = ("models_dir", "image", "out", "tokenizer", *DEFAULTS)  # "~/..." after "=" reaches us unexpanded
 STEP_CACHE_MAX = 1.0  # the Step Cache node's threshold range is 0 to 1
 
 
@@ -48,14 +52,25 @@ def check_shared_options(ap, args):
             args.step_cache, f"a threshold from 0 to {STEP_CACHE_MAX} (default {DEFAULT_THRESHOLD})")
 
 
+def device_available(device: torch.device) -> bool:
+    if device.type == "cpu":
+        return True
+    if device.type == "mps":
+        return torch.backends.mps.is_available() and (device.index or 0) == 0
+    backend = getattr(torch, device.type, None) if device.type in ("cuda", "xpu") else None
+    return backend is not None and backend.is_available() and (device.index or 0) < backend.device_count()
+
+
 def check_device(ap, name):
     try:
         device = torch.device(name)
     except RuntimeError:
         ap.error(f"--device: got {name!r}, needs a torch device such as cuda, cuda:0 or cpu")
-    if device.type == "cuda":
-        require(ap, torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count(), "--device",
-                repr(name), f"one of the {torch.cuda.device_count()} CUDA devices here, or cpu")
+    count = torch.cuda.device_count()
+    here = f"one of the {count} CUDA devices here" if count else "a CUDA device (none here)"
+    require(ap, device_available(device), "--device", repr(name),
+            f"{here}, or cpu" if device.type == "cuda" else f"cpu, or a {device.type} device this torch can use "
+            "(cuda, mps or xpu; none found)")
 
 
 def nearest_existing_folder(path: str) -> str:
@@ -129,6 +144,9 @@ def parse_args(argv=None):
                     help="compute dtype (default: bf16 on GPU, fp32 on CPU; fp16: CogVideoX-5B can overflow, "
                          "prefer bf16)")
     args = ap.parse_args(argv)
+    for name in PATH_OPTIONS:
+        if getattr(args, name) is not None:
+            setattr(args, name, os.path.expanduser(getattr(args, name)))
     check_args(ap, args)
     return args
 
@@ -136,13 +154,16 @@ def parse_args(argv=None):
 def check_args(ap, args):
     check_size_options(ap, args.width, args.height, args.frames)
     check_shared_options(ap, args)
-    require(ap, math.isfinite(args.cfg) and args.cfg >= 1.0, "--cfg", args.cfg,
-            "a finite number, at least 1.0 (1.0 turns guidance off)")
-    require(ap, args.fps >= 1, "--fps", args.fps, "at least 1")
+    require(ap, math.isfinite(args.cfg) and 1.0 <= args.cfg <= MAX_GUIDANCE_SCALE, "--cfg", args.cfg,
+            f"a finite number, at least 1.0 (1.0 turns guidance off) and at most {MAX_GUIDANCE_SCALE}")
+    require(ap, 1 <= args.fps <= MAX_FPS, "--fps", args.fps, f"at least 1 and at most {MAX_FPS}")
     require(ap, args.face_index >= 0, "--face-index", args.face_index, "0 (largest face) or more")
     require(ap, -2 ** 63 <= args.seed < 2 ** 64, "--seed", args.seed, "a 64-bit integer")
     ext = os.path.splitext(args.out)[1].lower()
     require(ap, ext in OUTPUT_EXTENSIONS, "--out", repr(args.out), "a " + ", ".join(OUTPUT_EXTENSIONS) + " file name")
+    require(ap, ext != ".gif" or args.fps <= MAX_GIF_FPS, "--fps", args.fps,
+            f"at most {MAX_GIF_FPS} for a .gif (its frame times are 10 ms steps, and players slow down shorter "
+            "ones); write a .mp4 or .webp for more")
     require(ap, ext != ".mp4" or importlib.util.find_spec("av") is not None, "--out", repr(args.out),
             "PyAV for .mp4 (pip install av), or a .webp / .gif file name")
     writable = nearest_existing_folder(args.out)
@@ -151,9 +172,24 @@ def check_args(ap, args):
     require(ap, os.path.isfile(args.image), "--image", repr(args.image), "an existing image file")
     require(ap, args.tokenizer is None or os.path.isdir(args.tokenizer), "--tokenizer", repr(args.tokenizer),
             "an existing tokenizer folder")
-    require(ap, os.path.isdir(os.path.expanduser(args.models_dir)), "--models-dir", repr(args.models_dir),
+    require(ap, os.path.isdir(args.models_dir), "--models-dir", repr(args.models_dir),
             "an existing folder")
     check_device(ap, args.device)
+
+
+def check_out_writable(out: str):
+    """Creates (and removes) --out before any model loads, so a file system that refuses it (read-only, /proc,
+    full) fails now, not after the generation; an existing file is opened for appending, not changed."""
+    existed = os.path.exists(out)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "ab"):
+            pass
+        if not existed:
+            os.remove(out)
+    except OSError as e:
+        raise SystemExit(f"error: --out: {out} cannot be written ({type(e).__name__}: {e}); pick another "
+                         "file name or folder") from None
 
 
 @contextlib.contextmanager
@@ -202,7 +238,7 @@ def generate_video(args):
 
     on_cpu = torch.device(args.device).type == "cpu"
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if on_cpu else torch.bfloat16)
-    m = os.path.expanduser(args.models_dir)
+    m = args.models_dir
     paths = model_paths(m, args)
     tok_dir = args.tokenizer or text.find_tokenizer_beside(paths["t5"])
     if tok_dir is None:
@@ -210,6 +246,7 @@ def generate_video(args):
     if dtype == torch.float16:
         print("warning: --dtype fp16: CogVideoX-5B can overflow in fp16 (NaN or black frames); the reference "
               "computes in bf16 (--dtype bf16)", file=sys.stderr)
+    check_out_writable(args.out)
     start = time.time()
 
     photo = face.load_image_file(args.image)
@@ -248,6 +285,9 @@ def generate_video(args):
                                reference_image=ident.reference_image, callback=progress, dit_caller=caller)
     if not line_end:
         print(file=sys.stderr)  # ends the terminal's progress line
+    if not torch.isfinite(frames).all():
+        raise SystemExit("error: the generated frames hold NaN or infinite values, so nothing was written (an "
+                         "overflow: with --dtype fp16, use --dtype bf16; else try a lower --cfg)")
     try:
         save_video(frames, args.out, fps=args.fps)
     except OSError as e:

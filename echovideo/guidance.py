@@ -1,6 +1,8 @@
 """Dynamic classifier-free guidance (CogVideoX/EchoVideo schedule)."""
 import math
 
+MAX_GUIDANCE_SCALE = 30.0  # the nodes' and the CLI's limit (the reference uses 6)
+
 
 def dynamic_guidance_scale(guidance_scale: float, timestep: int, num_inference_steps: int) -> float:
     """Scale at integer scheduler timestep t: 1 + g (1 - cos(pi ((T - t) / T)^5)) / 2, T = steps.

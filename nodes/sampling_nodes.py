@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from echovideo.errors import EchoVideoInputError
+from echovideo.guidance import MAX_GUIDANCE_SCALE
 from echovideo.vae import check_tile_size
 from echovideo.video import video_size_problems
 
@@ -29,7 +30,7 @@ def size_problem(width, height, num_frames):
 
 
 MAX_STEPS = 500
-MAX_CFG = 30.0
+MAX_CFG = MAX_GUIDANCE_SCALE
 SAMPLER_MARK = "echovideo_num_frames"  # the Sampler's LATENT carries it (the video's frame count)
 
 

@@ -5,7 +5,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
+if [ -x .venv/bin/python ]; then
+  # a venv made while ensurepip was missing (Debian without python3-venv) has no pip; PYTHON asks for another one
+  if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+    echo "note: .venv has no pip (made before python3-venv was installed?): making it again" >&2
+    "$PY" -m venv --clear .venv
+  elif [ -n "${PYTHON:-}" ] && [ "$(version .venv/bin/python)" != "$(version "$PY")" ]; then
+    echo "note: .venv has Python $(version .venv/bin/python), PYTHON=$PY is $(version "$PY"): making .venv again" >&2
+    "$PY" -m venv --clear .venv
+  fi
+else
+  "$PY" -m venv .venv
+fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 reqs=(-r requirements.txt)

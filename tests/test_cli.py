@@ -143,10 +143,11 @@ def test_unreadable_photo_is_one_line_naming_the_image(tiny_models, tmp_path):
 @pytest.mark.parametrize("option, value, says", [
     ("--fps", "0", "at least 1"), ("--out", "x.avi", ".mp4, .webp, .gif"),
     ("--cfg", "-3", "1.0 turns guidance off"), ("--cfg", "0.5", "at least 1.0"), ("--cfg", "nan", "at least 1.0"),
-    ("--cfg", "inf", "a finite number"),
+    ("--cfg", "inf", "a finite number"), ("--cfg", "31", "at most 30.0"), ("--fps", "241", "at most 240"),
+    ("--device", "meta", "a meta device this torch can use"), ("--device", "mps", "none found"),
     ("--step-cache", "-1", "from 0 to 1"), ("--step-cache", "1.5", "from 0 to 1"), ("--steps", "0", "at least 1"),
     ("--steps", "1001", "at most 1000"),
-    ("--device", "cdua", "torch device"), ("--device", "cuda:99", "CUDA devices"),
+    ("--device", "cdua", "torch device"), ("--device", "cuda:99", "CUDA device"),
     ("--frames", "10", "8k+1"), ("--frames", "0", "8k+1"), ("--frames", "13", "so 13 would come out as 16 frames"),
     ("--width", "100", "multiple of 16"),
     ("--height", "0", "multiple of 16"), ("--face-index", "-1", "largest face"), ("--seed", str(2 ** 64), "64-bit"),
@@ -248,3 +249,63 @@ def test_run_options_reach_the_generation(tiny_models, tmp_path, monkeypatch):
 def test_fp16_warns_of_overflow(tiny_models, tmp_path, monkeypatch, capsys):
     record_run(monkeypatch, tiny_models, tmp_path / "d.webp", "--dtype", "fp16")
     assert "warning: --dtype fp16: CogVideoX-5B can overflow in fp16" in capsys.readouterr().err
+
+
+def test_gif_fps_is_at_most_50(tmp_path, capsys):
+    """GIF frame times are 10 ms steps and players slow down shorter ones: above 50 fps only .mp4/.webp."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(checked_args(tmp_path, "--out", str(tmp_path / "x.gif"), "--fps", "60"))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--fps: got 60, needs at most 50 for a .gif" in err
+    assert cli.parse_args(checked_args(tmp_path, "--out", str(tmp_path / "x.webp"), "--fps", "60")).fps == 60
+    assert cli.parse_args(checked_args(tmp_path, "--out", str(tmp_path / "x.gif"), "--fps", "50")).fps == 50
+
+
+def test_paths_after_an_equals_sign_have_their_tilde_expanded(tmp_path, monkeypatch):
+    """The shell leaves "~" in --out=~/x.webp as it is: the CLI expands it (not a folder named "~")."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = cli.parse_args(checked_args(tmp_path)[:-4] + ["--out=~/videos/x.webp", "--image=~/photo.png",
+                                                         "--models-dir=~/models", "--dit=~/dit.safetensors"])
+    assert args.out == str(tmp_path / "videos" / "x.webp") and args.image == str(tmp_path / "photo.png")
+    assert args.models_dir == str(tmp_path / "models") and args.dit == str(tmp_path / "dit.safetensors")
+
+
+def test_out_the_file_system_refuses_fails_before_loading(tiny_models, tmp_path, monkeypatch):
+    """A folder the permission check passes but the file system refuses (read-only, /proc, as root): the run
+    stops before the photo or any model is read, not after the generation."""
+    import builtins
+    import errno
+
+    from echovideo import face
+
+    out = tmp_path / "ro" / "x.webp"
+    real_open = builtins.open
+
+    def refusing_open(path, *a, **kw):
+        if str(path) == str(out):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    monkeypatch.setattr(face, "load_image_file", lambda *a: pytest.fail("the photo was read before --out was"))
+    with pytest.raises(SystemExit, match=r"^error: --out: .*x.webp cannot be written \(OSError: .*Read-only"):
+        cli.main(tiny_args(tiny_models, out))
+    monkeypatch.setattr(builtins, "open", real_open)
+    kept = tmp_path / "kept.webp"
+    kept.write_bytes(b"an earlier video")
+    cli.check_out_writable(str(kept))
+    cli.check_out_writable(str(tmp_path / "new.webp"))
+    assert kept.read_bytes() == b"an earlier video" and not (tmp_path / "new.webp").exists()
+
+
+def test_frames_with_nan_are_not_written(tiny_models, tmp_path, monkeypatch):
+    """An overflow (fp16, extreme guidance) gives NaN frames: an error, not a black video and exit 0."""
+    import torch
+
+    from echovideo import pipeline
+
+    monkeypatch.setattr(pipeline, "generate", lambda *a, **kw: torch.full((9, 64, 64, 3), float("nan")))
+    out = tmp_path / "nan.webp"
+    with pytest.raises(SystemExit, match=r"^error: the generated frames hold NaN .*--dtype bf16"):
+        cli.main(tiny_args(tiny_models, out))
+    assert not out.exists()

@@ -598,6 +598,20 @@ def test_16_bit_png_opened_as_mode_i_keeps_its_tones(tmp_path, monkeypatch):
     assert np.array_equal(rgb[..., 1], expected)
 
 
+def test_photo_over_pillows_size_limit_is_a_face_error(tmp_path, monkeypatch):
+    """Pillow refuses images over twice its MAX_IMAGE_PIXELS (a decompression bomb guard): one line naming the
+    image and the fix, not a traceback."""
+    from PIL import Image
+
+    from echovideo.face import load_image_file
+
+    path = tmp_path / "huge.png"
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(F.FaceError, match=r"^image: '.*huge.png' is too large to open safely .*downscale it"):
+        load_image_file(str(path))
+
+
 def test_32_bit_integer_image_is_not_taken_for_16_bit(tmp_path):
     """Only 16-bit grayscale is rescaled; a 32-bit integer TIFF (PIL mode I) converts as the published code's
     convert("RGB") does, so an 8-bit range stays as it is."""

@@ -23,6 +23,9 @@ def load_image_file(path: str) -> np.ndarray:
                 im = Image.fromarray((np.asarray(im, dtype=np.float64) * (255 / 65535)).round().clip(0, 255)
                                      .astype(np.uint8))
             return np.array(im.convert("RGB"))
+    except Image.DecompressionBombError as e:
+        raise FaceError(f"image: {path!r} is too large to open safely ({e}); downscale it (the face pipeline "
+                        f"works at {MAX_LONG_SIDE} pixels on the long side)") from None
     except (UnidentifiedImageError, OSError) as e:
         raise FaceError(f"image: {path!r} could not be read as an image ({e}); use a PNG, JPEG or WebP photo") from None
 
