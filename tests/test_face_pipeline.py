@@ -646,3 +646,24 @@ def test_face_index_error_names_the_fallback_order(tmp_path):
             F.extract_identity(m, np.zeros((120, 160, 3), np.uint8), face_index=1000)
     finally:
         F.release_face_models()
+
+
+def test_whole_image_reference_is_the_downscaled_photo(models):
+    """whole_image: the reference image is the photo as the detector saw it (long side 1024, as the published
+    non-aligned mode's original_id_image), not the full-size input."""
+    photo = (np.random.default_rng(4).random((960, 1280, 3)) * 255).astype(np.uint8)
+    ident = F.extract_identity(models, photo, whole_image=True)
+    assert ident.reference_image.shape == (768, 1024, 3)
+    assert np.array_equal(ident.reference_image, ident.image)
+
+
+def test_aligned_crop_is_black_outside_the_photo():
+    """A face near the photo's corner: the part of the 512 crop outside the photo is black (cv2's constant
+    border, as the published align_face_kps), not smeared edge pixels."""
+    from echovideo.face.align import align_face, face_template
+
+    img = np.full((128, 128, 3), 200, np.uint8)
+    kps = face_template(512) / 4 - 30  # the crop's square starts 30 px above/left of the photo
+    aligned, _ = align_face(img, kps)
+    assert aligned[:100, :100].max() == 0  # outside: black
+    assert aligned[200:400, 200:400].min() == 200  # inside: the photo

@@ -457,3 +457,21 @@ def test_model_loader_names_the_cut_shard(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="^" + re.escape(f"EchoVideo Model Loader: {cut}: cannot be read (") +
                        r".*\); the file is incomplete or damaged: download it again$"):
         comfy_env.run_node(mn.ModelLoader, model_name="transformer", weight_dtype="fp32", attention="sdpa")
+
+
+def test_face_model_dirs_takes_the_first_complete_folder(tmp_path, monkeypatch):
+    """A facexlib folder with only one of the two files (e.g. another pack's detection_Resnet50_Final.pth +
+    parsing_parsenet.pth) is passed over for one that holds both; with no complete folder, none."""
+    bridge = comfy_env.pack_module("nodes.bridge")  # puts ComfyUI on the path first
+    import folder_paths
+
+    partial, full = tmp_path / "other_pack", tmp_path / "ours"
+    for d in (partial, full):
+        d.mkdir()
+        (d / "detection_Resnet50_Final.pth").write_bytes(b"x")
+    (partial / "parsing_parsenet.pth").write_bytes(b"x")
+    (full / "parsing_bisenet.pth").write_bytes(b"x")
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "facexlib", ([str(partial), str(full)], {".pth"}))
+    assert bridge.face_model_dirs()[1] == str(full)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "facexlib", ([str(partial)], {".pth"}))
+    assert bridge.face_model_dirs()[1] is None

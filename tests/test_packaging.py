@@ -72,3 +72,15 @@ def test_pack_inside_a_comfyui_without_the_v3_api_says_why_it_is_not_loaded():
     outside = subprocess.run([sys.executable, "-c", script, "outside"], capture_output=True, text=True, timeout=120)
     assert outside.returncode == 0 and outside.stdout.strip() == "no entrypoint"
     assert "not loaded" not in outside.stderr, outside.stderr
+
+
+def test_step_cache_defaults_are_the_documented_ones():
+    """The node's default threshold is the one the README documents and benchmarks (0.05): every other test
+    compares against the constant itself, so a changed default would pass unseen."""
+    import re
+
+    from echovideo.step_cache import DEFAULT_THRESHOLD, DEFAULT_WARMUP_STEPS
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    documented = {float(x) for x in re.findall(r"[Dd]efault(?: threshold)? (\d+\.\d+)", readme)}
+    assert documented == {0.05} and DEFAULT_THRESHOLD == 0.05 and DEFAULT_WARMUP_STEPS == 2

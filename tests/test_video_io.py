@@ -62,3 +62,32 @@ def test_mp4_of_odd_size_is_refused_with_the_fix(tmp_path):
     assert not (tmp_path / "odd.mp4").exists()
     save_video(torch.rand(2, 8, 10, 3), str(tmp_path / "even.mp4"))
     assert (tmp_path / "even.mp4").stat().st_size > 0
+
+
+def read_mp4(path):
+    import av
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(s)]
+        return frames, s.average_rate, (s.codec_context.width, s.codec_context.height)
+
+
+def test_mp4_keeps_size_colours_frames_and_fps(tmp_path):
+    """A 64x32 clip of 9 red frames at 8 fps reads back as 9 red 64x32 frames at 8 fps (not transposed,
+    not BGR, not the default 16 fps)."""
+    frames = torch.zeros(9, 32, 64, 3)
+    frames[..., 0] = 0.9  # red
+    frames[..., 2] = 0.1
+    path = str(tmp_path / "red.mp4")
+    save_video(frames, path, fps=8)
+    got, rate, size = read_mp4(path)
+    assert size == (64, 32) and len(got) == 9 and got[0].shape == (32, 64, 3)
+    assert float(rate) == 8
+    mean = got[4].reshape(-1, 3).mean(0)
+    assert mean[0] > 200 and mean[2] < 60, mean
+
+
+def test_mp4_of_odd_height_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(ValueError, match=r"^frames: got 8x9, an .mp4 needs an even width and height"):
+        save_video(torch.rand(2, 9, 8, 3), str(tmp_path / "odd.mp4"))
+
