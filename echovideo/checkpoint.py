@@ -45,25 +45,40 @@ def read_json_file(path: str):
 
 
 def implied_shards(names) -> set:
-    """Every shard that the names' -0000k-of-0000N endings say the checkpoint has."""
+    """Every shard that the names' -0000k-of-0000N endings say the checkpoint has (each name's own spelling)."""
     shards = set()
     for name in names:
         m = SHARD_NAME.search(name)
         if m:
-            shards.update(f"{name[:m.start()]}-{k:05d}-of-{m[2]}{m[3]}" for k in range(1, int(m[2]) + 1))
+            shards.update(name[:m.start(1)] + f"{k:05d}" + name[m.end(1):] for k in range(1, int(m[2]) + 1))
     return shards
+
+
+def present_as(folder: str, name: str) -> str:
+    """`name`, or the same stem with the other safetensors extension where only that is in the folder (an index
+    written for .safetensors beside .sft shards)."""
+    if os.path.isfile(os.path.join(folder, name)):
+        return name
+    stem, ext = os.path.splitext(name)
+    other = next((stem + e for e in SAFETENSORS_EXTENSIONS if e != ext.lower()
+                  and os.path.isfile(os.path.join(folder, stem + e))), None)
+    return other or name
 
 
 def folder_weight_files(folder: str, what: str) -> List[str]:
     """A model folder's weight files: those its *.safetensors.index.json names, else every .safetensors/.sft in it
-    ([] when none). A shard that is not there, or that safetensors cannot open (cut short), is named."""
+    ([] when none). An index none of whose files are there, beside other weight files, is stale: those files load.
+    A shard that is not there, or that safetensors cannot open (cut short), is named."""
     listed = sorted(os.listdir(folder))
+    weights = {n for n in listed if n.lower().endswith(SAFETENSORS_EXTENSIONS)}
     index = next((n for n in listed if n.endswith(".safetensors.index.json")), None)
+    names = weights
     if index:
-        names = set(read_json_file(os.path.join(folder, index))["weight_map"].values())
-    else:
-        names = {n for n in listed if n.lower().endswith(SAFETENSORS_EXTENSIONS)}
-    missing = sorted(n for n in names | implied_shards(names) if not os.path.isfile(os.path.join(folder, n)))
+        indexed = {present_as(folder, n) for n in read_json_file(os.path.join(folder, index))["weight_map"].values()}
+        if indexed & weights or not weights:
+            names = indexed
+    missing = sorted(n for n in {present_as(folder, n) for n in names | implied_shards(names)}
+                     if not os.path.isfile(os.path.join(folder, n)))
     if missing:
         raise CheckpointError(f"{folder}: the checkpoint needs {', '.join(missing)}, which "
                               f"{'is' if len(missing) == 1 else 'are'} not in the folder; download every shard of "

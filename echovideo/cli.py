@@ -52,8 +52,11 @@ def check_shared_options(ap, args):
             args.step_cache, f"a threshold from 0 to {STEP_CACHE_MAX} (default {DEFAULT_THRESHOLD})")
 
 
+CHECKED_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "meta")  # others (privateuseone, npu, ...) pass unchecked
+
+
 def device_available(device: torch.device) -> bool:
-    if device.type == "cpu":
+    if device.type == "cpu" or device.type not in CHECKED_DEVICE_TYPES:
         return True
     if device.type == "mps":
         return torch.backends.mps.is_available() and (device.index or 0) == 0
@@ -61,16 +64,26 @@ def device_available(device: torch.device) -> bool:
     return backend is not None and backend.is_available() and (device.index or 0) < backend.device_count()
 
 
+def devices_here() -> str:
+    """What --device can be on this machine, e.g. "cpu or cuda (2 devices: cuda:0 to cuda:1)"."""
+    found = ["cpu"]
+    for kind in ("cuda", "xpu"):
+        backend = getattr(torch, kind, None)
+        if backend is not None and backend.is_available():
+            n = backend.device_count()
+            found.append(f"{kind} ({n} device{'s' if n > 1 else ''}: {kind}:0 to {kind}:{n - 1})")
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return " or ".join(found)
+
+
 def check_device(ap, name):
     try:
         device = torch.device(name)
     except RuntimeError:
         ap.error(f"--device: got {name!r}, needs a torch device such as cuda, cuda:0 or cpu")
-    count = torch.cuda.device_count()
-    here = f"one of the {count} CUDA devices here" if count else "a CUDA device (none here)"
     require(ap, device_available(device), "--device", repr(name),
-            f"{here}, or cpu" if device.type == "cuda" else f"cpu, or a {device.type} device this torch can use "
-            "(cuda, mps or xpu; none found)")
+            f"a device this torch can use here: {devices_here()}")
 
 
 def nearest_existing_folder(path: str) -> str:
@@ -179,7 +192,15 @@ def check_args(ap, args):
 
 def check_out_writable(out: str):
     """Creates (and removes) --out before any model loads, so a file system that refuses it (read-only, /proc,
-    full) fails now, not after the generation; an existing file is opened for appending, not changed."""
+    full) fails now, not after the generation. Leaves nothing behind: the folders it made are removed again, an
+    existing file is opened for appending and not changed, and a link to a missing file is not probed."""
+    if os.path.lexists(out) and not os.path.exists(out):
+        return  # a dangling link: opening it would create its target
+    made = []
+    folder = os.path.dirname(os.path.abspath(out))
+    while not os.path.isdir(folder):
+        made.append(folder)
+        folder = os.path.dirname(folder)
     existed = os.path.exists(out)
     try:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -190,6 +211,10 @@ def check_out_writable(out: str):
     except OSError as e:
         raise SystemExit(f"error: --out: {out} cannot be written ({type(e).__name__}: {e}); pick another "
                          "file name or folder") from None
+    finally:
+        for made_folder in made:  # deepest first
+            with contextlib.suppress(OSError):
+                os.rmdir(made_folder)
 
 
 @contextlib.contextmanager

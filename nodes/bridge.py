@@ -65,15 +65,19 @@ def file_list(name: str, extensions: Iterable[str] = SAFETENSORS) -> List[str]:
     return [n for n in names if not exts or n.lower().endswith(exts)]
 
 
+def has_shard_index(path: str) -> bool:
+    return any(n.endswith(".safetensors.index.json") for n in os.listdir(path))
+
+
 def is_model_folder(path: str) -> bool:
     """config.json or a shard index (*.safetensors.index.json) marks a folder the loaders take whole."""
-    return os.path.isdir(path) and any(n == "config.json" or n.endswith(".safetensors.index.json")
-                                       for n in os.listdir(path))
+    return os.path.isdir(path) and (os.path.isfile(os.path.join(path, "config.json")) or has_shard_index(path))
 
 
 def model_folders(name: str) -> List[str]:
     """Model folders (relative names) in a model folder: one or two levels deep (e.g. CogVideoX-5b/text_encoder),
-    or deeper when they hold weights (a Hugging Face cache's models--org--name/snapshots/<hash>/transformer)."""
+    or deeper when they hold a shard index (a Hugging Face cache's models--org--name/snapshots/<hash>/transformer;
+    a deeper folder's single weight file stays listed as the file, as it always was)."""
     weight_dirs = {os.path.dirname(f.replace(os.sep, "/")) for f in file_list(name)} - {""}
     found = set()
     for root in folders(name):
@@ -81,7 +85,9 @@ def model_folders(name: str) -> List[str]:
             continue
         shallow = [d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))]
         shallow += [f"{d}/{d2}" for d in shallow for d2 in os.listdir(os.path.join(root, d))]
-        found.update(d for d in weight_dirs.union(shallow) if is_model_folder(os.path.join(root, d)))
+        found.update(d for d in shallow if is_model_folder(os.path.join(root, d)))
+        found.update(d for d in weight_dirs if os.path.isdir(os.path.join(root, d))
+                     and has_shard_index(os.path.join(root, d)))
     return sorted(found)
 
 

@@ -6,10 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
-if [ -x .venv/bin/python ]; then
-  # a venv made while ensurepip was missing (Debian without python3-venv) has no pip; PYTHON asks for another one
+if [ -e .venv/bin/python ] || [ -L .venv/bin/python ]; then
+  # no pip: made while ensurepip was missing (Debian without python3-venv), or its Python is gone (a dangling
+  # link); PYTHON naming another version asks for a new one too
   if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
-    echo "note: .venv has no pip (made before python3-venv was installed?): making it again" >&2
+    echo "note: .venv's python cannot run pip (made without python3-venv, or its Python was removed): making it again" >&2
     "$PY" -m venv --clear .venv
   elif [ -n "${PYTHON:-}" ] && [ "$(version .venv/bin/python)" != "$(version "$PY")" ]; then
     echo "note: .venv has Python $(version .venv/bin/python), PYTHON=$PY is $(version "$PY"): making .venv again" >&2

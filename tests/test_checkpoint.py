@@ -329,6 +329,41 @@ def test_missing_shard_of_tiny_folder_is_named(tmp_path, index):
                                "which is not in the folder; download every shard of the transformer into it")
 
 
+def _loads_like_the_model(folder):
+    model = _tiny_dit()
+    loaded = checkpoint.load_transformer(str(folder), weight_dtype=torch.bfloat16)
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k].float(), v.to(torch.bfloat16).float()), k
+
+
+def test_shard_names_keep_their_own_spelling(tmp_path):
+    """Upper-case shard names (MODEL-00001-OF-00002.SAFETENSORS) are a complete pair, not a missing shard."""
+    folder = _tiny_sharded_folder(tmp_path, index=False)
+    for name in os.listdir(folder):
+        if name.endswith(".safetensors"):
+            os.rename(folder / name, folder / name.upper())
+    _loads_like_the_model(folder)
+
+
+def test_index_naming_other_extension_or_stale_index(tmp_path):
+    """An index written for .safetensors beside .sft shards loads the .sft shards; an index none of whose files
+    are there, beside a merged file, is stale and the merged file loads (both loaded before the index was read)."""
+    folder = _tiny_sharded_folder(tmp_path)
+    for name in os.listdir(folder):
+        if name.endswith("-of-00002.safetensors"):
+            os.rename(folder / name, folder / name.replace(".safetensors", ".sft"))
+    _loads_like_the_model(folder)
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    model = _tiny_dit()
+    from safetensors.torch import save_file
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()},
+              str(merged / "diffusion_pytorch_model.safetensors"))
+    for name in ("config.json", "diffusion_pytorch_model.safetensors.index.json"):
+        (merged / name).write_bytes((folder / name).read_bytes())
+    _loads_like_the_model(merged)
+
+
 def test_cut_shard_is_named(tmp_path):
     """A shard cut short (an interrupted download) is named, not its folder, with the fix."""
     folder = _tiny_sharded_folder(tmp_path)

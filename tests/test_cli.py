@@ -144,10 +144,10 @@ def test_unreadable_photo_is_one_line_naming_the_image(tiny_models, tmp_path):
     ("--fps", "0", "at least 1"), ("--out", "x.avi", ".mp4, .webp, .gif"),
     ("--cfg", "-3", "1.0 turns guidance off"), ("--cfg", "0.5", "at least 1.0"), ("--cfg", "nan", "at least 1.0"),
     ("--cfg", "inf", "a finite number"), ("--cfg", "31", "at most 30.0"), ("--fps", "241", "at most 240"),
-    ("--device", "meta", "a meta device this torch can use"), ("--device", "mps", "none found"),
+    ("--device", "meta", "a device this torch can use here: cpu"), ("--device", "mps", "can use here: cpu"),
     ("--step-cache", "-1", "from 0 to 1"), ("--step-cache", "1.5", "from 0 to 1"), ("--steps", "0", "at least 1"),
     ("--steps", "1001", "at most 1000"),
-    ("--device", "cdua", "torch device"), ("--device", "cuda:99", "CUDA device"),
+    ("--device", "cdua", "torch device"), ("--device", "cuda:99", "a device this torch can use here: cpu"),
     ("--frames", "10", "8k+1"), ("--frames", "0", "8k+1"), ("--frames", "13", "so 13 would come out as 16 frames"),
     ("--width", "100", "multiple of 16"),
     ("--height", "0", "multiple of 16"), ("--face-index", "-1", "largest face"), ("--seed", str(2 ** 64), "64-bit"),
@@ -290,12 +290,17 @@ def test_out_the_file_system_refuses_fails_before_loading(tiny_models, tmp_path,
     monkeypatch.setattr(face, "load_image_file", lambda *a: pytest.fail("the photo was read before --out was"))
     with pytest.raises(SystemExit, match=r"^error: --out: .*x.webp cannot be written \(OSError: .*Read-only"):
         cli.main(tiny_args(tiny_models, out))
+    assert not out.parent.exists()  # the folder the probe made is gone again
     monkeypatch.setattr(builtins, "open", real_open)
     kept = tmp_path / "kept.webp"
     kept.write_bytes(b"an earlier video")
     cli.check_out_writable(str(kept))
-    cli.check_out_writable(str(tmp_path / "new.webp"))
-    assert kept.read_bytes() == b"an earlier video" and not (tmp_path / "new.webp").exists()
+    cli.check_out_writable(str(tmp_path / "new" / "videos" / "new.webp"))
+    assert kept.read_bytes() == b"an earlier video" and not (tmp_path / "new").exists()
+    link = tmp_path / "link.webp"
+    link.symlink_to(tmp_path / "target" / "x.webp")  # dangling: opening it would create the target
+    cli.check_out_writable(str(link))
+    assert link.is_symlink() and not (tmp_path / "target").exists()
 
 
 def test_frames_with_nan_are_not_written(tiny_models, tmp_path, monkeypatch):
@@ -309,3 +314,13 @@ def test_frames_with_nan_are_not_written(tiny_models, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"^error: the generated frames hold NaN .*--dtype bf16"):
         cli.main(tiny_args(tiny_models, out))
     assert not out.exists()
+
+
+def test_device_types_the_cli_does_not_know_pass_through(tmp_path):
+    """cpu, cuda, mps, xpu and meta are checked; other torch devices (DirectML's privateuseone, npu, ...) are left
+    to the run, as before the check."""
+    import torch
+
+    assert cli.parse_args(checked_args(tmp_path, "--device", "privateuseone:0")).device == "privateuseone:0"
+    assert cli.device_available(torch.device("cpu")) and not cli.device_available(torch.device("meta"))
+    assert cli.devices_here().startswith("cpu")

@@ -433,9 +433,14 @@ def test_shard_index_marks_a_model_folder_at_any_depth(bridge, tmp_path, monkeyp
     (tmp_path / hf / "config.json").write_text("{}")
     (tmp_path / "loose").mkdir()  # shards without an index or config.json stay files
     (tmp_path / "loose" / shards[0]).write_bytes(b"")
+    vae = "hub/models--THUDM--CogVideoX-5b/snapshots/abc123/vae"  # deep, one file, no index: the file stays listed
+    (tmp_path / vae).mkdir(parents=True)
+    (tmp_path / vae / "config.json").write_text("{}")
+    (tmp_path / vae / "diffusion_pytorch_model.safetensors").write_bytes(b"")
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "diffusion_models", ([str(tmp_path)], {".safetensors"}))
     folder_paths.filename_list_cache.pop("diffusion_models", None)
-    assert bridge.model_entries("diffusion_models") == ["EchoVideo", hf, f"loose/{shards[0]}"]
+    assert bridge.model_entries("diffusion_models") == ["EchoVideo", hf, f"{vae}/diffusion_pytorch_model.safetensors",
+                                                        f"loose/{shards[0]}"]
     assert bridge.resolve_entry("diffusion_models", hf) == str(tmp_path / hf)
 
 
