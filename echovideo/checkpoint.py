@@ -65,25 +65,38 @@ def present_as(folder: str, name: str) -> str:
     return other or name
 
 
+def covers(folder: str, weights, weight_map: dict) -> bool:
+    """Whether the weight files hold every key the index maps (headers only)."""
+    keys = set()
+    for name in weights:
+        try:
+            with safe_open(os.path.join(folder, name), "pt") as f:
+                keys.update(f.keys())
+        except SafetensorError:
+            return False
+    return bool(weights) and set(weight_map) <= keys
+
+
 def folder_weight_files(folder: str, what: str) -> List[str]:
     """A model folder's weight files: those its *.safetensors.index.json names, else every .safetensors/.sft in it
-    ([] when none). An index none of whose files are there, beside other weight files, is stale: those files load.
-    A shard that is not there, or that safetensors cannot open (cut short), is named."""
+    ([] when none). An index none of whose files are there, beside weight files that hold every key it maps, is
+    stale: those files load. A shard that is not there, or that safetensors cannot open (cut short), is named."""
     listed = sorted(os.listdir(folder))
     weights = {n for n in listed if n.lower().endswith(SAFETENSORS_EXTENSIONS)}
     index = next((n for n in listed if n.endswith(".safetensors.index.json")), None)
     names = weights
     if index:
-        indexed = {present_as(folder, n) for n in read_json_file(os.path.join(folder, index))["weight_map"].values()}
-        if indexed & weights or not weights:
-            names = indexed
-    missing = sorted(n for n in {present_as(folder, n) for n in names | implied_shards(names)}
-                     if not os.path.isfile(os.path.join(folder, n)))
+        weight_map = read_json_file(os.path.join(folder, index))["weight_map"]
+        indexed = set(weight_map.values())
+        stale = not weights & {present_as(folder, n) for n in indexed} and covers(folder, weights, weight_map)
+        names = weights if stale else indexed  # stale: an index left beside a merged file holding all its keys
+    missing = sorted(n for n in names | implied_shards(names)
+                     if not os.path.isfile(os.path.join(folder, present_as(folder, n))))
     if missing:
         raise CheckpointError(f"{folder}: the checkpoint needs {', '.join(missing)}, which "
                               f"{'is' if len(missing) == 1 else 'are'} not in the folder; download every shard of "
                               f"{what} into it")
-    files = [os.path.join(folder, n) for n in sorted(names)]
+    files = [os.path.join(folder, n) for n in sorted({present_as(folder, n) for n in names})]
     for file in files:
         try:
             with safe_open(file, "pt"):  # reads the header: a file cut short fails here

@@ -197,12 +197,12 @@ def check_out_writable(out: str):
     if os.path.lexists(out) and not os.path.exists(out):
         return  # a dangling link: opening it would create its target
     made = []
-    folder = os.path.dirname(os.path.abspath(out))
-    while not os.path.isdir(folder):
-        made.append(folder)
-        folder = os.path.dirname(folder)
     existed = os.path.exists(out)
     try:
+        folder = os.path.dirname(os.path.abspath(out))
+        while not os.path.isdir(folder) and os.path.dirname(folder) != folder:  # stops at a missing drive's root
+            made.append(folder)
+            folder = os.path.dirname(folder)
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with open(out, "ab"):
             pass

@@ -65,8 +65,16 @@ def file_list(name: str, extensions: Iterable[str] = SAFETENSORS) -> List[str]:
     return [n for n in names if not exts or n.lower().endswith(exts)]
 
 
+def listed(path: str) -> List[str]:
+    """A folder's names; [] for one that cannot be read (one private folder must not empty a loader's list)."""
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
 def has_shard_index(path: str) -> bool:
-    return any(n.endswith(".safetensors.index.json") for n in os.listdir(path))
+    return any(n.endswith(".safetensors.index.json") for n in listed(path))
 
 
 def is_model_folder(path: str) -> bool:
@@ -83,8 +91,8 @@ def model_folders(name: str) -> List[str]:
     for root in folders(name):
         if not os.path.isdir(root):
             continue
-        shallow = [d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))]
-        shallow += [f"{d}/{d2}" for d in shallow for d2 in os.listdir(os.path.join(root, d))]
+        shallow = [d for d in listed(root) if os.path.isdir(os.path.join(root, d))]
+        shallow += [f"{d}/{d2}" for d in shallow for d2 in listed(os.path.join(root, d))]
         found.update(d for d in shallow if is_model_folder(os.path.join(root, d)))
         found.update(d for d in weight_dirs if os.path.isdir(os.path.join(root, d))
                      and has_shard_index(os.path.join(root, d)))
@@ -160,9 +168,9 @@ def resolve_entry(what: str, name: str) -> str:
     """A subfolder (diffusers/transformers layout) or a file in a model folder."""
     rel = os.path.normpath(name or "")
     if name and not rel.startswith("..") and not os.path.isabs(rel):
-        for root in folders(what):
-            if os.path.isdir(os.path.join(root, rel)):
-                return os.path.join(root, rel)
+        dirs = [os.path.join(root, rel) for root in folders(what) if os.path.isdir(os.path.join(root, rel))]
+        if dirs:  # the root that holds the model, as the list found it, before an empty namesake
+            return next((d for d in dirs if is_model_folder(d)), dirs[0])
     return resolve(what, name)
 
 

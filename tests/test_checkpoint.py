@@ -364,6 +364,24 @@ def test_index_naming_other_extension_or_stale_index(tmp_path):
     _loads_like_the_model(merged)
 
 
+def test_missing_shard_named_once_beside_sft_shards_and_a_stray_file(tmp_path):
+    """Shards kept as .sft under a .safetensors index: the missing one is named once, in the index's spelling; a
+    stray file that does not hold the index's keys does not make the index stale (the shards are still named)."""
+    folder = _tiny_sharded_folder(tmp_path)
+    first, second = (f"diffusion_pytorch_model-0000{i}-of-00002" for i in (1, 2))
+    os.rename(folder / f"{first}.safetensors", folder / f"{first}.sft")
+    os.remove(folder / f"{second}.safetensors")
+    needs = f"{folder}: the checkpoint needs {second}.safetensors, which is not in the folder"
+    with pytest.raises(CheckpointError, match="^" + re.escape(needs) + "; download every shard"):
+        checkpoint.load_transformer(str(folder))
+    os.remove(folder / f"{first}.sft")
+    from safetensors.torch import save_file
+    save_file({"patch_embed.proj.weight": torch.zeros(1)}, str(folder / "notes.safetensors"))
+    with pytest.raises(CheckpointError, match=re.escape(f"needs {first}.safetensors, {second}.safetensors, which "
+                                                        "are not in the folder")):
+        checkpoint.load_transformer(str(folder))
+
+
 def test_cut_shard_is_named(tmp_path):
     """A shard cut short (an interrupted download) is named, not its folder, with the fix."""
     folder = _tiny_sharded_folder(tmp_path)

@@ -324,3 +324,12 @@ def test_device_types_the_cli_does_not_know_pass_through(tmp_path):
     assert cli.parse_args(checked_args(tmp_path, "--device", "privateuseone:0")).device == "privateuseone:0"
     assert cli.device_available(torch.device("cpu")) and not cli.device_available(torch.device("meta"))
     assert cli.devices_here().startswith("cpu")
+
+
+def test_out_probe_from_a_deleted_working_folder_is_one_line(tmp_path, monkeypatch):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(SystemExit, match=r"^error: --out: out.webp cannot be written \(FileNotFoundError"):
+        cli.check_out_writable("out.webp")

@@ -480,3 +480,29 @@ def test_face_model_dirs_takes_the_first_complete_folder(tmp_path, monkeypatch):
     assert bridge.face_model_dirs()[1] == str(full)
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "facexlib", ([str(partial)], {".pth"}))
     assert bridge.face_model_dirs()[1] is None
+
+
+def test_model_lists_skip_unreadable_folders_and_open_the_root_that_holds_the_model(bridge, tmp_path, monkeypatch):
+    """A folder that cannot be read is left out (not the whole list lost); a model folder listed from a second
+    models root is opened there, not at an empty folder of the same name in the first root."""
+    import folder_paths
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    (first / "EchoVideo").mkdir(parents=True)  # empty namesake
+    (first / "private").mkdir()
+    (second / "EchoVideo").mkdir(parents=True)
+    (second / "EchoVideo" / "config.json").write_text("{}")
+    (second / "EchoVideo" / "w.safetensors").write_bytes(b"")
+    real_listdir = os.listdir
+
+    def refusing_listdir(path="."):
+        if str(path) == str(first / "private"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", refusing_listdir)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "diffusion_models",
+                        ([str(first), str(second)], {".safetensors"}))
+    folder_paths.filename_list_cache.pop("diffusion_models", None)
+    assert bridge.model_entries("diffusion_models") == ["EchoVideo"]
+    assert bridge.resolve_entry("diffusion_models", "EchoVideo") == str(second / "EchoVideo")
