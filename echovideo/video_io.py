@@ -5,6 +5,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+BT601_SMPTE170M = 6  # FFmpeg's AVCOL_SPC / AVCOL_PRI / AVCOL_TRC value for SMPTE 170M (BT.601 525)
+MPEG_RANGE = 1  # AVCOL_RANGE_MPEG: limited range, 16-235
+
 
 def frames_to_uint8(frames) -> np.ndarray:
     a = frames.detach().float().cpu().numpy() if torch.is_tensor(frames) else np.asarray(frames, dtype=np.float32)
@@ -45,6 +48,11 @@ def save_video(frames, path: str, fps: int = 16) -> str:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = video.shape[2], video.shape[1]
         stream.pix_fmt = "yuv420p"
+        # the BT.601 limited-range YUV that the RGB frames are converted to, tagged so players need not guess
+        # (untagged, many assume BT.709 from 720p up and shift the hues)
+        cc = stream.codec_context
+        cc.colorspace = cc.color_primaries = cc.color_trc = BT601_SMPTE170M
+        cc.color_range = MPEG_RANGE
         for f in video:
             for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 container.mux(packet)

@@ -91,3 +91,15 @@ def test_mp4_of_odd_height_is_refused_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match=r"^frames: got 8x9, an .mp4 needs an even width and height"):
         save_video(torch.rand(2, 9, 8, 3), str(tmp_path / "odd.mp4"))
 
+
+
+def test_mp4_is_tagged_as_the_bt601_limited_range_it_holds(tmp_path):
+    """The colour matrix, primaries, transfer and range the RGB frames were converted with are in the stream, so a
+    player does not guess (untagged HD is often taken for BT.709)."""
+    import av
+
+    path = str(tmp_path / "tags.mp4")
+    save_video(torch.rand(3, 32, 64, 3), path)
+    with av.open(path) as c:
+        cc = c.streams.video[0].codec_context
+        assert (cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range) == (6, 6, 6, 1)
