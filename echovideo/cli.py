@@ -17,7 +17,7 @@ import torch
 from .errors import EchoVideoInputError
 from .guidance import MAX_GUIDANCE_SCALE
 from .sampling import RELEASED_SCHEDULER_CONFIG
-from .step_cache import DEFAULT_THRESHOLD
+from .step_cache import DEFAULT_THRESHOLD, MAX_THRESHOLD
 from .video import check_video_size
 
 DEFAULTS = dict(dit="EchoVideo", vae="CogVideoX-5b-vae", t5="EchoVideo-t5-v1_1-xxl",
@@ -26,7 +26,6 @@ OUTPUT_EXTENSIONS = (".mp4", ".webp", ".gif")  # what video_io.save_video writes
 MAX_FPS = 240
 MAX_GIF_FPS = 50  # GIF frame times are 10 ms ticks, and players slow down delays under 20 ms
 PATH_OPTIONS = ("models_dir", "image", "out", "tokenizer", *DEFAULTS)  # "~/..." after "=" reaches us unexpanded
-STEP_CACHE_MAX = 1.0  # the Step Cache node's threshold range is 0 to 1
 
 
 def require(ap, ok, option, got, needs):
@@ -48,8 +47,8 @@ def check_shared_options(ap, args):
     max_steps = RELEASED_SCHEDULER_CONFIG["num_train_timesteps"]
     require(ap, args.steps is None or 1 <= args.steps <= max_steps, "--steps", args.steps,
             f"at least 1 and at most {max_steps} (the scheduler's training timesteps)")
-    require(ap, args.step_cache is None or 0.0 <= args.step_cache <= STEP_CACHE_MAX, "--step-cache",
-            args.step_cache, f"a threshold from 0 to {STEP_CACHE_MAX} (default {DEFAULT_THRESHOLD})")
+    require(ap, args.step_cache is None or 0.0 <= args.step_cache <= MAX_THRESHOLD, "--step-cache",
+            args.step_cache, f"a threshold from 0 to {MAX_THRESHOLD} (default {DEFAULT_THRESHOLD})")
 
 
 CHECKED_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "meta")  # others (privateuseone, npu, ...) pass unchecked

@@ -36,19 +36,19 @@ def load_siglip_state(model, state: dict):
     """Loads `vision_model.*` keys (transformers 4.x layout) into either transformers layout.
     Returns the missing keys (position_ids buffers excluded)."""
     vision = {k: v for k, v in state.items() if k.startswith("vision_model.")}
-    prefixed = any(k.startswith("vision_model.") for k in model.state_dict())
-    if not prefixed:
-        vision = {k[len("vision_model."):]: v for k, v in vision.items()}
     own = model.state_dict()
+    if not any(k.startswith("vision_model.") for k in own):
+        vision = {k[len("vision_model."):]: v for k, v in vision.items()}
     resized = [k for k, v in vision.items() if k in own and v.shape != own[k].shape]
     if resized:
-        k = next((k for k in resized if k.endswith("patch_embedding.weight")), resized[0])  # shows size and patch at once
+        # the patch embedding shows size and patch at once
+        k = next((k for k in resized if k.endswith("patch_embedding.weight")), resized[0])
         raise CheckpointError(
             f"a vision model of another size or patch: {k} is {list(vision[k].shape)}, SigLIP's is "
             f"{list(own[k].shape)} ({len(resized)} weights differ); use google/siglip-base-patch16-224 "
             f"(hidden size 768, 16-pixel patches, 224 px)")
     missing, _ = model.load_state_dict(vision, strict=False)
-    return [k for k in missing if "position_ids" not in k] if vision else list(model.state_dict())
+    return [k for k in missing if "position_ids" not in k] if vision else list(own)
 
 
 def load_siglip(path: str, dtype=torch.float32, device="cpu"):
@@ -60,9 +60,6 @@ def load_siglip(path: str, dtype=torch.float32, device="cpu"):
     cfg = cfg.get("vision_config", cfg)
     try:
         model = build_siglip(cfg, dtype=dtype, device=device)
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    try:
         missing = load_siglip_state(model, state)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None

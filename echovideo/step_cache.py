@@ -12,6 +12,7 @@ import torch
 from .sampling import ALL_ROWS, DiTCaller
 
 DEFAULT_THRESHOLD = 0.05
+MAX_THRESHOLD = 1.0  # the node's and the CLI's range is 0 to this
 DEFAULT_WARMUP_STEPS = 2  # two full evaluations calibrate the rate
 
 

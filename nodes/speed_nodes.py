@@ -12,7 +12,7 @@ import shutil
 
 import torch
 
-from echovideo.step_cache import DEFAULT_THRESHOLD, DEFAULT_WARMUP_STEPS
+from echovideo.step_cache import DEFAULT_THRESHOLD, DEFAULT_WARMUP_STEPS, MAX_THRESHOLD
 
 from .bridge import choice_problem, io, queue_time_result
 from .types import CompileSettingsData, Model, StepCacheSettings
@@ -25,10 +25,10 @@ MODES = ["default", "reduce-overhead", "max-autotune-no-cudagraphs"]
 
 def step_cache_input_problem(threshold, warmup_steps) -> str | None:
     """None, or what is wrong with the Step Cache's inputs (linked values skip the widgets' limits)."""
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-        return f"threshold: got {threshold!r}, needs a number from 0 to 1 (0 computes every step)"
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= MAX_THRESHOLD:
+        return f"threshold: got {threshold!r}, needs a number from 0 to {MAX_THRESHOLD:g} (0 computes every step)"
     if (isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, float))
-            or warmup_steps != int(warmup_steps) or not 2 <= warmup_steps <= MAX_WARMUP_STEPS):
+            or not 2 <= warmup_steps <= MAX_WARMUP_STEPS or warmup_steps != int(warmup_steps)):  # NaN: range first
         return f"warmup_steps: got {warmup_steps!r}, needs an integer from 2 to {MAX_WARMUP_STEPS}"
     return None
 
@@ -116,7 +116,8 @@ class StepCacheNode(io.ComfyNode):
                         "by this node's output only; off unless this node is in the graph.",
             inputs=[
                 Model.Input("model", tooltip="EchoVideo Model Loader (or Compile Settings) output."),
-                io.Float.Input("threshold", default=DEFAULT_THRESHOLD, min=0.0, max=1.0, step=0.005, round=0.001,
+                io.Float.Input("threshold", default=DEFAULT_THRESHOLD, min=0.0, max=MAX_THRESHOLD, step=0.005,
+                               round=0.001,
                                tooltip="Largest estimated relative error a skipped step may carry (0.05 = 5% of "
                                        "the transformer output). Higher = more steps skipped (faster) and more "
                                        "drift from the uncached video; 0 = every step computed (identical output)."),

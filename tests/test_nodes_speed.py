@@ -418,7 +418,7 @@ def test_speed_node_outputs_are_copies_with_plain_settings(env):
     for bad, name in ((5.0, "threshold"), (-0.1, "threshold"), (float("nan"), "threshold"), (True, "threshold")):
         with pytest.raises(ValueError, match=f"^EchoVideo Step Cache: {name}: got .*needs a number from 0 to 1"):
             comfy_env.run_node(sp.StepCacheNode, model=compiled, threshold=bad, warmup_steps=3)
-    for bad in (1, 2.5, 501):  # linked values skip the widget's limits
+    for bad in (1, 2.5, 501, float("nan")):  # linked values skip the widget's limits
         with pytest.raises(ValueError, match=f"^EchoVideo Step Cache: warmup_steps: got {bad!r}, needs an integer"):
             comfy_env.run_node(sp.StepCacheNode, model=compiled, threshold=0.1, warmup_steps=bad)
     with pytest.raises(dataclasses.FrozenInstanceError):
