@@ -276,6 +276,13 @@ def test_to_uint8_rgb_round_trips_comfy_floats():
         F.to_uint8_rgb(np.zeros((5, 6, 7)))
 
 
+def test_to_uint8_rgb_names_an_image_too_small_without_blaming_a_face():
+    """Face Frame Encode needs no face, and shares this check: the message names the size and the least one."""
+    with pytest.raises(F.FaceError, match=r"image: got size 1x3, needs at least 2x2 pixels") as e:
+        F.to_uint8_rgb(np.zeros((3, 1, 3), np.uint8))
+    assert "face" not in str(e.value)
+
+
 def test_resize_long_side_as_published():
     img = noise(1001, 1500)
     out = F.resize_long_side(img)

@@ -50,7 +50,8 @@ def to_uint8_rgb(image) -> np.ndarray:
         image = np.repeat(image, 3, axis=2)
     image = image[:, :, :3]
     if image.shape[0] < 2 or image.shape[1] < 2:
-        raise FaceError(f"image: got size {image.shape[1]}x{image.shape[0]}, too small to hold a face")
+        raise FaceError(f"image: got size {image.shape[1]}x{image.shape[0]}, needs at least 2x2 pixels; connect a "
+                        "photo")
     if image.dtype == np.uint8:
         return np.ascontiguousarray(image)
     if np.issubdtype(image.dtype, np.floating):
