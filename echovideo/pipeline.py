@@ -57,7 +57,7 @@ def generate(dit, vae, siglip_model, text_positive, text_negative, face_crop: np
              width: int, height: int, num_frames: int, steps: int = 50, guidance_scale: float = 6.0,
              dynamic_cfg: bool = True, seed: int = 42, reference_image: Optional[np.ndarray] = None,
              callback=None, decode: bool = True, tiling: bool = True, dit_caller=None):
-    """Frames [num_frames, H, W, 3] in [0, 1] (or latents when decode=False)."""
+    """Frames [decoded_frame_count(num_frames), H, W, 3] in [0, 1] (or latents when decode=False)."""
     check_video_size(width, height, num_frames)
     image = face_crop if reference_image is None else reference_image  # SigLIP's input and the first frame
     face_pos, face_neg = face_tokens_pair(siglip_model, image)

@@ -13,15 +13,16 @@ def frames_decoded_from(latent_frame_count: int) -> int:
 
 
 def decoded_frame_count(num_frames: int) -> int:
-    """Frames the VAE returns for a 4k+1-frame request."""
+    """Frames the VAE returns for a num_frames request (any count: the latents hold latent_frames(num_frames))."""
     return frames_decoded_from(latent_frames(num_frames))
 
 
 def _size_rules(width, height, num_frames, exact_frames):
     """(holds, argument, got, needs) for each size rule."""
     four_k_plus_1 = isinstance(num_frames, int) and num_frames >= 1 and (num_frames - 1) % TEMPORAL_COMPRESSION == 0
-    if not exact_frames:
-        rules = [(four_k_plus_1, "num_frames", num_frames, "4k+1 frames (e.g. 9, 25, 49)")]
+    if not exact_frames:  # as the published pipeline: any count, floored to 4k+1 by latent_frames (11 -> 9)
+        rules = [(isinstance(num_frames, int) and num_frames >= 1, "num_frames", num_frames,
+                  "a positive frame count (e.g. 49)")]
     elif not four_k_plus_1:
         rules = [(False, "num_frames", num_frames, "8k+1 frames (1, 9, 17, 25, 33, 41, 49)")]
     else:
@@ -38,8 +39,9 @@ def _size_rules(width, height, num_frames, exact_frames):
 
 
 def check_video_size(width: int, height: int, num_frames: int, exact_frames: bool = False) -> None:
-    """Raises EchoVideoInputError for the first size rule broken. The library takes any 4k+1 frames, as the
-    published pipeline does; exact_frames (the nodes, the CLI) also refuses counts the VAE decodes to more frames."""
+    """Raises EchoVideoInputError for the first size rule broken. The library takes any positive frame count, as
+    the published pipeline does (it makes latent_frames(num_frames) latent frames, so 10-12 give 3, decoded to 9
+    frames); exact_frames (the nodes, the CLI) takes only counts that decode to themselves (8k+1)."""
     for holds, argument, got, needs in _size_rules(width, height, num_frames, exact_frames):
         check(holds, argument, got, needs)
 

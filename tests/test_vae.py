@@ -90,7 +90,7 @@ def test_decoded_frame_count_is_what_the_vae_returns(vae, num_frames):
 
     z = torch.randn(1, latent_frames(num_frames), vae.config.latent_channels, 4, 4)
     assert vae_lib.decode_raw(vae, z, tiling=False).shape[2] == decoded_frame_count(num_frames)
-    check_video_size(64, 64, num_frames)  # the library takes any 4k+1, as the published pipeline
+    check_video_size(64, 64, num_frames)  # the library takes any count, as the published pipeline
     if decoded_frame_count(num_frames) != num_frames:
         with pytest.raises(EchoVideoInputError, match=f"num_frames: got {num_frames}, needs 8k\\+1"):
             check_video_size(64, 64, num_frames, exact_frames=True)
@@ -463,3 +463,14 @@ def test_keep_proportions_leaves_near_square_crops_as_the_reference_pads_them(sh
                           vae_lib.pad_to_aspect(image, width, height))
     assert torch.equal(vae_lib.first_frame_pixels(image, width, height, keep_proportions=True),
                        vae_lib.first_frame_pixels(image, width, height))
+
+
+@pytest.mark.parametrize("num_frames, latents", [(10, 3), (11, 3), (12, 3), (14, 4)])
+def test_face_frame_latents_for_any_frame_count_as_published(vae, num_frames, latents):
+    """The published pipeline takes any frame count and makes (n - 1) // 4 + 1 latent frames; so does the library
+    (golden files may hold such a count)."""
+    face = np.random.RandomState(1).randint(0, 256, (64, 64, 3)).astype(np.uint8)
+    image_latents = vae_lib.encode_face_frame(vae, face, 64, 64, num_frames)
+    assert image_latents.shape[1] == latents
+    assert torch.equal(image_latents[:, :1], vae_lib.encode_face_frame(vae, face, 64, 64, 9)[:, :1])
+    assert not image_latents[:, 1:].any()
