@@ -25,6 +25,12 @@ def rel_error(out, ref):
     return ((out.float() - ref).abs().max() / ref.abs().max()).item()
 
 
+def rel_rms_error(out, ref):
+    """||out - ref|| / ||ref||: fp8's rounding noise, which unlike the largest element's error does not grow with
+    the output's element count (fp8 weights round by up to 6% (e4m3fn) and 12.5% (e5m2) each)."""
+    return ((out.float() - ref).norm() / ref.norm()).item()
+
+
 @pytest.mark.golden
 def test_sharded_diffusers_folder_loads_and_matches(golden, tmp_path):
     folder = tmp_path / "transformer"
@@ -35,19 +41,23 @@ def test_sharded_diffusers_folder_loads_and_matches(golden, tmp_path):
 
 
 @pytest.mark.golden
-@pytest.mark.parametrize("dtype,bound", [  # seen on five golden cases: bf16 3.5-5.2e-3, fp16 3.0-3.6e-4,
-    (torch.float32, None), (torch.bfloat16, 0.012), (torch.float16, 0.002),  # e4m3fn 0.044-0.059, e5m2 0.135-0.167
-    (torch.float8_e4m3fn, 0.1), (torch.float8_e5m2, 0.25)])
+@pytest.mark.parametrize("dtype,bound", [  # seen on 15 golden cases: bf16 3-6e-3, fp16 3.0-5.1e-4 (max error),
+    (torch.float32, None), (torch.bfloat16, 0.012), (torch.float16, 0.002),  # e4m3fn 0.044-0.067, e5m2 0.110-0.172
+    (torch.float8_e4m3fn, 0.1), (torch.float8_e5m2, 0.25)])  # (relative RMS error)
 def test_single_file_each_stored_dtype(golden, tmp_path, dtype, bound):
     """fp32 storage reproduces the reference within test_golden's tolerance (rtol 1e-4, atol 1e-4 x scale);
-    lower precision stays within the stated bound (max error relative to the output's scale, fp32 compute)."""
+    lower precision stays within the stated bound (fp32 compute): 16-bit storage the largest error relative to the
+    output's scale, fp8 storage the relative RMS error (its largest element's error grows with the element count:
+    0.12-0.21 for e5m2 on the same 15 cases)."""
     path = str(tmp_path / "echovideo.safetensors")
     checkpoint.save_single_file(golden.weights("transformer"), golden.meta["transformer_config"], path, dtype)
     model = checkpoint.load_transformer(path, compute_dtype=torch.float32)
     assert model.patch_embed.proj.weight.dtype == dtype
     out, ref = level1_output(model, golden), golden["transformer.out.model_output"]
-    err = rel_error(out, ref)
-    print(f"{os.path.basename(golden.path)} stored {dtype}: max error / scale {err:.2e}")
+    fp8 = dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+    err = rel_rms_error(out, ref) if fp8 else rel_error(out, ref)
+    print(f"{os.path.basename(golden.path)} stored {dtype}: {'RMS error / RMS' if fp8 else 'max error / scale'} "
+          f"{err:.2e}")
     if bound is None:
         assert_close_scaled(out, ref, name=f"model_output, weights stored {dtype}")
     else:
@@ -60,7 +70,7 @@ def test_fp8_conversion_at_load(golden, tmp_path):
     checkpoint.save_single_file(golden.weights("transformer"), golden.meta["transformer_config"], path)
     model = checkpoint.load_transformer(path, weight_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
     assert model.transformer_blocks[0].attn1.to_q.weight.dtype == torch.float8_e4m3fn
-    assert rel_error(level1_output(model, golden), golden["transformer.out.model_output"]) < 0.1
+    assert rel_rms_error(level1_output(model, golden), golden["transformer.out.model_output"]) < 0.1
 
 
 def test_plain_cogvideox_checkpoint_is_named(golden, tmp_path):
