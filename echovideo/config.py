@@ -50,6 +50,9 @@ class TransformerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TransformerConfig":
+        other = other_model_config(d)
+        if other:
+            raise CheckpointError(f"the config is {other}, not the EchoVideo transformer's; {PICK_TRANSFORMER}")
         known = {f.name for f in fields(cls)}
         cfg = cls(**{k: v for k, v in d.items() if k in known})
         cfg.validate()
@@ -76,7 +79,21 @@ class TransformerConfig:
                 f"in_channels = 2 x out_channels (noise latents + face-frame latents)")
         if unsupported:
             raise CheckpointError("transformer config is not an EchoVideo (CogVideoX-5B + IITF) config: "
-                                  + "; ".join(unsupported))
+                                  + "; ".join(unsupported) + f"; {PICK_TRANSFORMER}")
+
+
+PICK_TRANSFORMER = ("pick the EchoVideo transformer here (the release's transformer/ folder, or one merged "
+                    ".safetensors; README: Models)")
+
+
+def other_model_config(d: dict):
+    """What another kind of model's config (a VAE's, a transformers model's) describes, or None."""
+    class_name = d.get("_class_name")
+    if isinstance(class_name, str) and class_name.startswith("Autoencoder") or "down_block_types" in d:
+        return f"a VAE's ({class_name or 'down_block_types'}): load it with EchoVideo VAE Loader"
+    if d.get("model_type") is not None:
+        return f"a transformers {d['model_type']!r} model's (a text or vision encoder)"
+    return None
 
 
 RELEASED_CONFIG = TransformerConfig()

@@ -114,15 +114,22 @@ def _config_from(folder_or_file: str) -> tuple[dict, List[str]]:
     raise FileNotFoundError(f"T5 encoder not found: {folder_or_file!r}")
 
 
+PICK_T5 = ("pick the T5 v1.1 XXL encoder (the release's text_encoder/ folder with tokenizer/ inside; README: "
+           "Models), or load a t5xxl file with core Load CLIP (type sd3) into Text Encode's clip input")
+
+
 def load_t5_encoder(folder_or_file: str, dtype: torch.dtype = torch.bfloat16, device="cpu"):
     """Build transformers' T5EncoderModel from a transformers folder or a single safetensors with config metadata."""
     from safetensors import safe_open
     from transformers import T5Config, T5EncoderModel
 
     config_dict, files = _config_from(folder_or_file)
+    if config_dict.get("model_type") is None and "_class_name" in config_dict:
+        raise CheckpointError(f"{folder_or_file!r} holds a diffusers {config_dict['_class_name']!r} model, not a T5 "
+                              f"encoder; {PICK_T5}")
     if config_dict.get("model_type") not in (None, "t5"):
         raise CheckpointError(f"{folder_or_file!r}: config model_type is {config_dict.get('model_type')!r}, needs "
-                              "'t5' (EchoVideo's text encoder is T5 v1.1 XXL; UMT5 is Wan's)")
+                              f"'t5' (EchoVideo's text encoder is T5 v1.1 XXL; UMT5 is Wan's); {PICK_T5}")
     config = T5Config.from_dict(config_dict)
     with torch.device("meta"):
         model = T5EncoderModel(config)
@@ -133,24 +140,33 @@ def load_t5_encoder(folder_or_file: str, dtype: torch.dtype = torch.bfloat16, de
         parts = key.split(".")  # e.g. encoder.block.0.layer.1.DenseReluDense.wo.weight: module name "wo"
         return torch.float32 if len(parts) > 1 and parts[-2] in keep_fp32 else dtype
 
-    state = {}  # each weight converted as it is read (one copy in memory); a full T5's decoder is skipped
+    def wanted(key):  # a full T5's decoder is skipped
+        return not key.startswith(("decoder.", "lm_head."))
+
+    names = set()  # the keys are checked from the files' headers before any weight is read
+    for f in files:
+        with safe_open(f, "pt", device="cpu") as weights:
+            names.update(k for k in weights.keys() if wanted(k))
+    if "shared.weight" not in names and "encoder.embed_tokens.weight" in names:
+        names.add("shared.weight")
+    expected = set(model.state_dict().keys())
+    missing = sorted(k for k in expected - names if k != "encoder.embed_tokens.weight")
+    if missing:
+        raise CheckpointError(f"{folder_or_file!r} is not a T5 encoder checkpoint: {len(missing)} weights missing, "
+                              f"e.g. {missing[:3]}; {PICK_T5}")
+    unexpected = sorted(names - expected)
+    if unexpected:
+        raise CheckpointError(f"{folder_or_file!r} is not a T5 v1.1 encoder checkpoint: {len(unexpected)} weights "
+                              f"this T5 does not have, e.g. {unexpected[:3]}; {PICK_T5}")
+    state = {}  # each weight converted as it is read (one copy in memory)
     for f in files:
         with safe_open(f, "pt", device="cpu") as weights:
             for k in weights.keys():
-                if not k.startswith(("decoder.", "lm_head.")):
+                if wanted(k):
                     t = weights.get_tensor(k)
                     state[k] = t.to(target_dtype(k)) if t.is_floating_point() else t
     if "shared.weight" not in state and "encoder.embed_tokens.weight" in state:
         state["shared.weight"] = state["encoder.embed_tokens.weight"]
-    expected = set(model.state_dict().keys())
-    missing = sorted(k for k in expected - set(state) if k != "encoder.embed_tokens.weight")
-    if missing:
-        raise CheckpointError(f"{folder_or_file!r} is not a T5 encoder checkpoint: {len(missing)} weights missing, "
-                              f"e.g. {missing[:3]}")
-    unexpected = sorted(set(state) - expected)
-    if unexpected:
-        raise CheckpointError(f"{folder_or_file!r} is not a T5 v1.1 encoder checkpoint: {len(unexpected)} weights "
-                              f"this T5 does not have, e.g. {unexpected[:3]}")
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     model.to(device=device)  # every weight is in its dtype already

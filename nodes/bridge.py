@@ -468,6 +468,18 @@ def check_interrupt() -> None:
     mm.throw_exception_if_processing_interrupted()
 
 
+def show_text_on_node(node_id, text: str) -> None:
+    """Shows text under the node in the ComfyUI editor (as core's image-size nodes do); nothing without a server."""
+    try:
+        from server import PromptServer
+
+        server = PromptServer.instance
+    except (ImportError, AttributeError):
+        return
+    if node_id is not None and hasattr(server, "send_progress_text"):
+        server.send_progress_text(text, node_id)
+
+
 # ---------------------------------------------------------------- attention
 
 def register_comfy_attention() -> None:

@@ -126,6 +126,14 @@ def encode_with_t5(bundle: T5Bundle, prompt: str, max_length: int = text.MAX_LEN
     return text.encode_prompt(bridge.unwrap(bundle.patcher), bundle.tokenizer, prompt, max_length)
 
 
+def truncation_note(tokenizer, positive: str, negative: str) -> str:
+    """What the model will not read of each over-long prompt, for the node's text in the editor ('' when none)."""
+    return "\n".join(f"{name} prompt is longer than the {text.MAX_LENGTH} tokens the model reads; left out: "
+                     f"{text.excerpt(dropped)}"
+                     for name, prompt in (("positive", positive), ("negative", negative)) if isinstance(prompt, str)
+                     for dropped in text.truncated_parts(tokenizer, [prompt]))
+
+
 ONE_ENCODER = ("EchoVideo Text Encode: connect exactly one text encoder: 'clip' (core Load CLIP with t5xxl) or "
                "'t5' (EchoVideo T5 Loader).")
 
@@ -142,7 +150,9 @@ class TextEncode(io.ComfyNode):
                         "EchoVideo T5 Loader.",
             inputs=[
                 io.String.Input("positive", multiline=True, default="",
-                                tooltip="What the video shows: the person, the action, the scene, the camera."),
+                                tooltip="What the video shows: the person, the action, the scene, the camera. The "
+                                        f"model reads {text.MAX_LENGTH} T5 tokens (about 170 English words); a longer "
+                                        "prompt's end is left out, and the node shows what was cut."),
                 io.String.Input("negative", multiline=True, default="",
                                 tooltip="What to avoid. The reference pipeline uses an empty negative prompt."),
                 io.Clip.Input("clip", optional=True, lazy=True,
@@ -152,6 +162,7 @@ class TextEncode(io.ComfyNode):
                                 tooltip="EchoVideo T5 Loader output. Leave empty when using 'clip'."),
             ],
             outputs=[TextEmbeds.Output(display_name="text", tooltip="Positive and negative [1, 226, 4096] embeddings.")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
@@ -186,6 +197,9 @@ class TextEncode(io.ComfyNode):
             enc = functools.partial(encode_with_clip, clip)
         else:
             enc = functools.partial(encode_with_t5, t5)
+        cut = truncation_note(t5.tokenizer if t5 is not None else _clip_tokenizer(clip), positive, negative)
+        if cut:
+            bridge.show_text_on_node(cls.hidden.unique_id if cls.hidden else None, cut)
         out = bridge.intermediate_device()
         pos = enc(positive).to(out)
         bridge.check_interrupt()

@@ -506,3 +506,17 @@ def test_model_lists_skip_unreadable_folders_and_open_the_root_that_holds_the_mo
     folder_paths.filename_list_cache.pop("diffusion_models", None)
     assert bridge.model_entries("diffusion_models") == ["EchoVideo"]
     assert bridge.resolve_entry("diffusion_models", "EchoVideo") == str(second / "EchoVideo")
+
+
+def test_show_text_on_node_sends_comfyui_progress_text(bridge, monkeypatch):
+    """The running server's progress text for the node's id; nothing (no error) when no server was started."""
+    server = types.ModuleType("server")  # ComfyUI's server module, as main.py has it loaded
+    server.PromptServer = type("PromptServer", (), {})  # no instance: no server was started
+    monkeypatch.setitem(sys.modules, "server", server)
+    bridge.show_text_on_node("7", "hello")
+    sent = []
+    server.PromptServer.instance = types.SimpleNamespace(
+        send_progress_text=lambda text, node_id: sent.append((node_id, text)))
+    bridge.show_text_on_node("7", "hello")
+    bridge.show_text_on_node(None, "no node id: not sent")
+    assert sent == [("7", "hello")]

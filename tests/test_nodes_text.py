@@ -173,3 +173,21 @@ def test_clip_with_wrong_vocab_is_rejected():
     tn.check_vocab(32128, 32100)
     with pytest.raises(ValueError, match="UMT5"):
         tn.check_vocab(256384, 32100)
+
+
+def test_text_encode_shows_what_an_over_long_prompt_loses(hf_t5, monkeypatch):
+    """A prompt past 226 tokens: the node shows the cut-off end under itself in the editor (ComfyUI's progress
+    text for its id), not only in the server log; a prompt that fits shows nothing."""
+    clip = make_clip(hf_t5, "sd3")
+    tn = comfy_env.pack_module("nodes.text_nodes")
+    bridge = comfy_env.pack_module("nodes.bridge")
+    shown = []
+    monkeypatch.setattr(bridge, "show_text_on_node", lambda node_id, text: shown.append((node_id, text)))
+    node = tn.TextEncode.PREPARE_CLASS_CLONE({bridge.io.Hidden.unique_id: "7"})
+    long_prompt = "word " * 240 + "THE END"  # about 20 tokens too many
+    comfy_env.run_node(node, positive=PROMPTS[0], negative=PROMPTS[1], clip=clip)
+    assert shown == []
+    comfy_env.run_node(node, positive=PROMPTS[0], negative=long_prompt, clip=clip)
+    assert len(shown) == 1 and shown[0][0] == "7"
+    assert shown[0][1].startswith("negative prompt is longer than the 226 tokens the model reads; left out: ")
+    assert "THE END" in shown[0][1] and "positive" not in shown[0][1]

@@ -172,6 +172,49 @@ def test_clear_errors(tmp_path, tiny_t5):
         text.load_tokenizer(str(tmp_path / "empty"))
 
 
+def test_another_model_in_the_t5_loader_is_named_with_the_fix(tmp_path, monkeypatch):
+    """A release's vae/ or transformer/ folder, or a DiT file, picked in the T5 loader: named with the fix, from the
+    config and the files' headers, before any weight is read."""
+    import safetensors
+
+    vae = tmp_path / "vae"
+    vae.mkdir()
+    (vae / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLCogVideoX", "in_channels": 3}))
+    save_file({"encoder.conv_in.conv.weight": torch.zeros(2, 3, 3, 3, 3)}, str(vae / "diffusion_pytorch_model.safetensors"))
+    with pytest.raises(CheckpointError, match="holds a diffusers 'AutoencoderKLCogVideoX' model, not a T5 encoder; "
+                                              "pick the T5 v1.1 XXL encoder"):
+        text.load_t5_encoder(str(vae))
+    opened = safetensors.safe_open
+
+    class HeadersOnly:
+        def __init__(self, *a, **k):
+            self.f = opened(*a, **k)
+
+        def __enter__(self):
+            self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def keys(self):
+            return self.f.keys()
+
+        def metadata(self):
+            return self.f.metadata()
+
+        def get_tensor(self, key):
+            raise AssertionError(f"{key} read before the keys were checked")
+
+    monkeypatch.setattr(safetensors, "safe_open", HeadersOnly)
+    dit = tmp_path / "dit.safetensors"
+    save_file({"patch_embed.proj.weight": torch.zeros(4, 8, 2, 2)}, str(dit),
+              metadata={"config": json.dumps(tiny_config().to_dict())})
+    with pytest.raises(CheckpointError, match=r"is not a T5 encoder checkpoint: \d+ weights missing.*; pick the T5 "
+                                              r"v1.1 XXL encoder .*or load a t5xxl file with core Load CLIP"):
+        text.load_t5_encoder(str(dit))
+
+
 def test_find_tokenizer_beside(tmp_path):
     root = tmp_path / "CogVideoX"
     (root / "text_encoder").mkdir(parents=True)
