@@ -52,7 +52,8 @@ class TransformerConfig:
     def from_dict(cls, d: dict) -> "TransformerConfig":
         other = other_model_config(d)
         if other:
-            raise CheckpointError(f"the config is {other}, not the EchoVideo transformer's; {PICK_TRANSFORMER}")
+            what, fix = other
+            raise CheckpointError(f"the config is {what}, not the EchoVideo transformer's: {fix}{PICK_TRANSFORMER}")
         known = {f.name for f in fields(cls)}
         cfg = cls(**{k: v for k, v in d.items() if k in known})
         cfg.validate()
@@ -87,12 +88,12 @@ PICK_TRANSFORMER = ("pick the EchoVideo transformer here (the release's transfor
 
 
 def other_model_config(d: dict):
-    """What another kind of model's config (a VAE's, a transformers model's) describes, or None."""
+    """(what, fix) for another kind of model's config (a VAE's, a transformers model's), or None."""
     class_name = d.get("_class_name")
     if isinstance(class_name, str) and class_name.startswith("Autoencoder") or "down_block_types" in d:
-        return f"a VAE's ({class_name or 'down_block_types'}): load it with EchoVideo VAE Loader"
+        return f"a VAE's ({class_name or 'down_block_types'})", "load it with EchoVideo VAE Loader, and "
     if d.get("model_type") is not None:
-        return f"a transformers {d['model_type']!r} model's (a text or vision encoder)"
+        return f"a transformers {d['model_type']!r} model's (a text or vision encoder)", ""
     return None
 
 

@@ -347,7 +347,8 @@ def test_bad_inputs_give_clear_errors(env):
     import shutil
 
     shutil.copy(env["root"] / "vae" / "vae_tiny.safetensors", env["root"] / "diffusion_models" / "wrong.safetensors")
-    with pytest.raises(ValueError, match="Model Loader: .*wrong.safetensors: .*not an EchoVideo"):
+    with pytest.raises(ValueError, match="Model Loader: .*wrong.safetensors: the config is a VAE's .*, not the "
+                                         "EchoVideo transformer's: load it with EchoVideo VAE Loader"):
         comfy_env.run_node(mn.ModelLoader, model_name="wrong.safetensors")
     # a half-downloaded file
     data = (env["root"] / "diffusion_models" / "echo_tiny.safetensors").read_bytes()

@@ -143,15 +143,16 @@ def test_config_refuses_non_echovideo():
 
 @pytest.mark.parametrize("config, named", [
     ({"_class_name": "AutoencoderKLCogVideoX", "in_channels": 3, "out_channels": 3, "latent_channels": 16,
-      "down_block_types": ["CogVideoXDownBlock3D"] * 4}, r"a VAE's \(AutoencoderKLCogVideoX\): load it with EchoVideo "
-                                                         "VAE Loader"),
-    ({"in_channels": 3, "out_channels": 3, "down_block_types": []}, r"a VAE's \(down_block_types\)"),
-    ({"model_type": "t5", "d_model": 4096}, "a transformers 't5' model's"),
+      "down_block_types": ["CogVideoXDownBlock3D"] * 4}, r"a VAE's \(AutoencoderKLCogVideoX\), not the EchoVideo "
+                                                         "transformer's: load it with EchoVideo VAE Loader, and pick"),
+    ({"in_channels": 3, "out_channels": 3, "down_block_types": []}, r"a VAE's \(down_block_types\), not the "),
+    ({"model_type": "t5", "d_model": 4096}, r"a transformers 't5' model's \(a text or vision encoder\), not the "
+                                            "EchoVideo transformer's: pick"),
     ({"model_type": "siglip_vision_model", "hidden_size": 768}, "a transformers 'siglip_vision_model' model's")])
 def test_config_of_another_model_is_named_with_the_fix(config, named):
     """A VAE or encoder folder picked in the Model Loader (a release folder lists them all): named, with the fix."""
-    with pytest.raises(CheckpointError, match=f"^the config is {named}.*, not the EchoVideo transformer's; pick the "
-                                              r"EchoVideo transformer here \(the release's transformer/ folder"):
+    with pytest.raises(CheckpointError, match=f"^the config is {named}.* the EchoVideo transformer here "
+                                              r"\(the release's transformer/ folder"):
         TransformerConfig.from_dict(config)
 
 
