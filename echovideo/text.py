@@ -70,6 +70,12 @@ def tokenize(tokenizer, prompt: Union[str, Sequence[str]], max_length: int = MAX
     return out.input_ids
 
 
+def token_count(tokenizer, prompt: str) -> int:
+    """Tokens of the prompt with its EOS, untruncated (the model reads MAX_LENGTH of them)."""
+    return len(tokenizer([prompt], padding=False, truncation=False, add_special_tokens=True,
+                         verbose=False).input_ids[0])
+
+
 def truncated_parts(tokenizer, prompts: Sequence[str], max_length: int = MAX_LENGTH) -> List[str]:
     """The text each over-long prompt loses to truncation (as the reference pipeline reports it)."""
     full = tokenizer(list(prompts), padding=False, truncation=False, add_special_tokens=True,

@@ -40,8 +40,8 @@ def _size_rules(width, height, num_frames, exact_frames):
 
 def check_video_size(width: int, height: int, num_frames: int, exact_frames: bool = False) -> None:
     """Raises EchoVideoInputError for the first size rule broken. The library takes any positive frame count, as
-    the published pipeline does (it makes latent_frames(num_frames) latent frames, so 10-12 give 3, decoded to 9
-    frames); exact_frames (the nodes, the CLI) takes only counts that decode to themselves (8k+1)."""
+    the published pipeline takes any up to 49 (both make latent_frames(num_frames) latent frames, so 10-12 give 3,
+    decoded to 9 frames); exact_frames (the nodes, the CLI) takes only counts that decode to themselves (8k+1)."""
     for holds, argument, got, needs in _size_rules(width, height, num_frames, exact_frames):
         check(holds, argument, got, needs)
 

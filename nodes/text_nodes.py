@@ -126,12 +126,20 @@ def encode_with_t5(bundle: T5Bundle, prompt: str, max_length: int = text.MAX_LEN
     return text.encode_prompt(bridge.unwrap(bundle.patcher), bundle.tokenizer, prompt, max_length)
 
 
-def truncation_note(tokenizer, positive: str, negative: str) -> str:
-    """What the model will not read of each over-long prompt, for the node's text in the editor ('' when none)."""
-    return "\n".join(f"{name} prompt is longer than the {text.MAX_LENGTH} tokens the model reads; left out: "
-                     f"{text.excerpt(dropped)}"
-                     for name, prompt in (("positive", positive), ("negative", negative)) if isinstance(prompt, str)
-                     for dropped in text.truncated_parts(tokenizer, [prompt]))
+def prompt_length_note(tokenizer, positive: str, negative: str) -> str:
+    """Each prompt's length against what the model reads, and what it leaves out, for the node's text in the
+    editor. Sent at every run: the editor keeps a node's last text until it gets another."""
+    lines = []
+    for name, prompt in (("positive", positive), ("negative", negative)):
+        if not isinstance(prompt, str):
+            continue
+        count = text.token_count(tokenizer, prompt)
+        if count <= text.MAX_LENGTH:
+            lines.append(f"{name}: {count} of {text.MAX_LENGTH} tokens")
+        else:
+            lines += [f"{name}: {count} tokens, longer than the {text.MAX_LENGTH} the model reads; left out: "
+                      f"{text.excerpt(dropped)}" for dropped in text.truncated_parts(tokenizer, [prompt])]
+    return "\n".join(lines)
 
 
 ONE_ENCODER = ("EchoVideo Text Encode: connect exactly one text encoder: 'clip' (core Load CLIP with t5xxl) or "
@@ -152,7 +160,7 @@ class TextEncode(io.ComfyNode):
                 io.String.Input("positive", multiline=True, default="",
                                 tooltip="What the video shows: the person, the action, the scene, the camera. The "
                                         f"model reads {text.MAX_LENGTH} T5 tokens (about 170 English words); a longer "
-                                        "prompt's end is left out, and the node shows what was cut."),
+                                        "prompt's end is left out. The node shows each prompt's length and what was cut."),
                 io.String.Input("negative", multiline=True, default="",
                                 tooltip="What to avoid. The reference pipeline uses an empty negative prompt."),
                 io.Clip.Input("clip", optional=True, lazy=True,
@@ -197,9 +205,8 @@ class TextEncode(io.ComfyNode):
             enc = functools.partial(encode_with_clip, clip)
         else:
             enc = functools.partial(encode_with_t5, t5)
-        cut = truncation_note(t5.tokenizer if t5 is not None else _clip_tokenizer(clip), positive, negative)
-        if cut:
-            bridge.show_text_on_node(cls.hidden.unique_id if cls.hidden else None, cut)
+        note = prompt_length_note(t5.tokenizer if t5 is not None else _clip_tokenizer(clip), positive, negative)
+        bridge.show_text_on_node(cls.hidden.unique_id if cls.hidden else None, note)
         out = bridge.intermediate_device()
         pos = enc(positive).to(out)
         bridge.check_interrupt()

@@ -1,5 +1,6 @@
 """Text nodes in a real ComfyUI (in-process): both encoder paths equal transformers' T5EncoderModel."""
 import json
+import re
 import types
 
 import pytest
@@ -175,9 +176,10 @@ def test_clip_with_wrong_vocab_is_rejected():
         tn.check_vocab(256384, 32100)
 
 
-def test_text_encode_shows_what_an_over_long_prompt_loses(hf_t5, monkeypatch):
-    """A prompt past 226 tokens: the node shows the cut-off end under itself in the editor (ComfyUI's progress
-    text for its id), not only in the server log; a prompt that fits shows nothing."""
+def test_text_encode_shows_prompt_lengths_and_what_an_over_long_prompt_loses(hf_t5, monkeypatch):
+    """The node shows each prompt's length under itself in the editor (ComfyUI's progress text for its id), and
+    for a prompt past 226 tokens the cut-off end, not only in the server log; at every run, since the editor keeps
+    a node's last text until it gets another."""
     clip = make_clip(hf_t5, "sd3")
     tn = comfy_env.pack_module("nodes.text_nodes")
     bridge = comfy_env.pack_module("nodes.bridge")
@@ -185,9 +187,10 @@ def test_text_encode_shows_what_an_over_long_prompt_loses(hf_t5, monkeypatch):
     monkeypatch.setattr(bridge, "show_text_on_node", lambda node_id, text: shown.append((node_id, text)))
     node = tn.TextEncode.PREPARE_CLASS_CLONE({bridge.io.Hidden.unique_id: "7"})
     long_prompt = "word " * 240 + "THE END"  # about 20 tokens too many
-    comfy_env.run_node(node, positive=PROMPTS[0], negative=PROMPTS[1], clip=clip)
-    assert shown == []
     comfy_env.run_node(node, positive=PROMPTS[0], negative=long_prompt, clip=clip)
-    assert len(shown) == 1 and shown[0][0] == "7"
-    assert shown[0][1].startswith("negative prompt is longer than the 226 tokens the model reads; left out: ")
-    assert "THE END" in shown[0][1] and "positive" not in shown[0][1]
+    comfy_env.run_node(node, positive=PROMPTS[0], negative=PROMPTS[1], clip=clip)
+    assert [node_id for node_id, _ in shown] == ["7", "7"]
+    (positive, negative), fits = (line.split("\n") for _, line in shown)
+    assert re.fullmatch(r"positive: \d+ of 226 tokens", positive)
+    assert re.match(r"negative: 24\d tokens, longer than the 226 the model reads; left out: '.*THE END'$", negative)
+    assert fits == [positive, "negative: 1 of 226 tokens"]  # the empty prompt is its EOS
