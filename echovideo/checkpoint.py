@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .config import RELEASED_CONFIG, TransformerConfig
+from .config import PICK_TRANSFORMER, RELEASED_CONFIG, TransformerConfig
 from .errors import CheckpointError
 from .iitf import IITF
 from .ops import is_fp8, operations_for
@@ -32,11 +32,17 @@ def single_file_config(path: str) -> Optional[dict]:
     return parse_json(meta["config"], f"{path}: the 'config' metadata") if "config" in meta else None
 
 
-def parse_json(text: str, where: str):
+def parse_json(text: str, where: str) -> dict:
+    """A JSON object (configs and indexes are objects; anything else is the wrong file)."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{where} is not valid JSON ({e}); is the file complete? Download it again") from None
+    if not isinstance(value, dict):
+        kind = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), "null")
+        raise CheckpointError(f"{where} holds a JSON {kind}, not the object a model's config or "
+                              "index is; it is not the model's file: download the model's own config.json again")
+    return value
 
 
 def read_json_file(path: str):
@@ -86,7 +92,11 @@ def folder_weight_files(folder: str, what: str) -> List[str]:
     index = next((n for n in listed if n.endswith(".safetensors.index.json")), None)
     names = weights
     if index:
-        weight_map = read_json_file(os.path.join(folder, index))["weight_map"]
+        index_path = os.path.join(folder, index)
+        weight_map = read_json_file(index_path).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index_path}: has no 'weight_map' object, so it is not a safetensors index; "
+                                  "download it again with the checkpoint, or delete it beside a merged file")
         indexed = set(weight_map.values())
         stale = not weights & {present_as(folder, n) for n in indexed} and covers(folder, weights, weight_map)
         names = weights if stale else indexed  # stale: an index left beside a merged file holding all its keys
@@ -151,6 +161,20 @@ def expected_layout(config: TransformerConfig) -> Dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def other_model_keys(keys) -> Optional[str]:
+    """What another model's weights are, told by their key names (a VAE's, T5's, SigLIP's), else None."""
+    keys = list(keys)
+    if any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in keys):
+        return "a VAE's (encoder.down_blocks / decoder.up_blocks keys): load it with EchoVideo VAE Loader"
+    if any(k.startswith("encoder.block.") or k == "shared.weight" for k in keys):
+        return ("a T5 text encoder's (encoder.block keys): load it with EchoVideo T5 Loader, or core Load CLIP "
+                "(type sd3)")
+    if any(k.startswith(("vision_model.", "text_model.")) for k in keys):
+        return ("a SigLIP/CLIP encoder's (vision_model keys): it belongs in models/clip_vision, picked in EchoVideo "
+                "Face Encoder Loader")
+    return None
+
+
 def diagnose(found: Dict[str, tuple], expected: Dict[str, tuple], path: str = "") -> Optional[str]:
     """None when the layouts agree, else a message naming the first missing/unexpected keys and the cause
     (`path`: the file or folder read, for causes its name tells)."""
@@ -183,6 +207,9 @@ def diagnose(found: Dict[str, tuple], expected: Dict[str, tuple], path: str = ""
     if pe in found and pe in expected and found[pe][1] != expected[pe][1]:
         causes.append(f"in_channels is {found[pe][1]} instead of {expected[pe][1]}: a text-to-video CogVideoX "
                       "checkpoint; EchoVideo needs 16 noise + 16 face-frame latent channels")
+    other = other_model_keys(unexpected) if len(unexpected) == len(found) else None  # no EchoVideo key at all
+    if other and not causes:
+        causes.append(f"the weights are {other}, not the EchoVideo transformer's; {PICK_TRANSFORMER}")
     if not causes and (missing or unexpected):
         causes.append("the file is not an EchoVideo transformer, or its config (safetensors metadata "
                       "'config' or config.json) does not match its weights")

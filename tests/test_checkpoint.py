@@ -292,28 +292,53 @@ def test_loaded_models_need_no_grad(tmp_path):
     assert not loaded.training
 
 
-def test_broken_config_json_is_a_checkpoint_error(tmp_path):
-    """Bad JSON in a single file's config metadata, a folder's config.json or its shard index names the file
-    (a raw JSONDecodeError would not)."""
+@pytest.mark.parametrize("metadata_config, vae_config, index, says", [
+    ("{not json", '{"latent_channels": 4,', "{", ("is not valid JSON",) * 3),  # cut off
+    ('"{}"', '[{"latent_channels": 4}]', '{"metadata": {}}',
+     ("holds a JSON string, not the object", "holds a JSON array, not the object", ": has no 'weight_map' object")),
+])
+def test_broken_config_json_is_a_checkpoint_error(tmp_path, metadata_config, vae_config, index, says):
+    """Bad JSON, or JSON that is not an object, in a single file's config metadata, a folder's config.json or its
+    shard index names the file (a raw JSONDecodeError or AttributeError would not)."""
     from echovideo import vae
 
     model = _tiny_dit()
     path = str(tmp_path / "bad.safetensors")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path, metadata={"config": "{not json"})
-    with pytest.raises(CheckpointError, match=re.escape(f"{path}: the 'config' metadata is not valid JSON")):
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path, metadata={"config": metadata_config})
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: the 'config' metadata {says[0]}")):
         checkpoint.load_transformer(path)
     folder = tmp_path / "vae"
     folder.mkdir()
-    (folder / "config.json").write_text('{"latent_channels": 4,')  # cut off
+    (folder / "config.json").write_text(vae_config)
     save_file({"x": torch.zeros(1)}, str(folder / "model.safetensors"))
-    with pytest.raises(CheckpointError, match=re.escape(f"{folder / 'config.json'} is not valid JSON")):
+    with pytest.raises(CheckpointError, match=re.escape(f"{folder / 'config.json'} {says[1]}")):
         vae.load_vae(str(folder))
     dit_folder = tmp_path / "dit"
     dit_folder.mkdir()
     (dit_folder / "config.json").write_text(json.dumps(model.config.to_dict()))
-    (dit_folder / "diffusion_pytorch_model.safetensors.index.json").write_text("{")
-    with pytest.raises(CheckpointError, match="safetensors.index.json is not valid JSON"):
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(dit_folder / "diffusion_pytorch_model.safetensors"))
+    (dit_folder / "diffusion_pytorch_model.safetensors.index.json").write_text(index)
+    with pytest.raises(CheckpointError, match=re.escape(f"safetensors.index.json{'' if says[2][0] == ':' else ' '}"
+                                                        f"{says[2]}")):
         checkpoint.load_transformer(str(dit_folder))
+
+
+@pytest.mark.parametrize("key, named", [
+    ("vision_model.embeddings.patch_embedding.weight", "a SigLIP/CLIP encoder's (vision_model keys)"),
+    ("encoder.block.0.layer.0.SelfAttention.q.weight", "a T5 text encoder's (encoder.block keys)"),
+    ("decoder.up_blocks.0.resnets.0.conv1.conv.weight", "a VAE's (encoder.down_blocks / decoder.up_blocks keys)"),
+])
+def test_another_models_file_without_config_is_named_by_its_keys(tmp_path, key, named):
+    """A single file with no config metadata is read against the released layout; another model's keys say which
+    model it is and which loader takes it, instead of the generic 'not an EchoVideo transformer'."""
+    path = str(tmp_path / "other.safetensors")
+    save_file({key: torch.zeros(2, 2)}, path)
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load_transformer(path)
+    message = str(info.value)
+    assert f"the weights are {named}" in message and "pick the EchoVideo transformer here" in message
+    assert "the file is not an EchoVideo transformer" not in message
 
 
 # ---- sharded folders: a missing, cut or lone shard is named with the fix
