@@ -7,15 +7,39 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.append(_HERE)
 
-try:
-    from .nodes import bridge
-except ImportError as error:  # outside ComfyUI (e.g. a test collector); inside it, a ComfyUI without the V3 API
-    bridge = None
-    if "comfy" in sys.modules:
-        import logging
 
-        logging.getLogger("EchoVideo").warning(
-            "ComfyUI-EchoVideo is not loaded: %s. It needs ComfyUI 0.3.64 or newer (comfy_api.latest).", error)
+def _other_library():
+    """The folder of the `echovideo` library Python imports when it is not this pack's (another copy of the pack
+    in custom_nodes, loaded first, or an unrelated package), else None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("echovideo")
+    origin = spec.origin if spec is not None else None
+    own = os.path.join(_HERE, "echovideo", "__init__.py")
+    if origin and os.path.normcase(os.path.realpath(origin)) != os.path.normcase(os.path.realpath(own)):
+        return os.path.dirname(os.path.dirname(origin))
+    return None
+
+
+_other = _other_library()
+if _other is not None:  # this copy's nodes would run the other copy's library: register none of them
+    bridge = None
+    import logging
+
+    logging.getLogger("EchoVideo").warning(
+        "ComfyUI-EchoVideo in %s is not loaded: Python's `echovideo` library is the one in %s (another copy of "
+        "this pack, loaded first?). Keep one copy of ComfyUI-EchoVideo in custom_nodes and restart ComfyUI.",
+        _HERE, _other)
+else:
+    try:
+        from .nodes import bridge
+    except ImportError as error:  # outside ComfyUI (e.g. a test collector); inside it, a ComfyUI without the V3 API
+        bridge = None
+        if "comfy" in sys.modules:
+            import logging
+
+            logging.getLogger("EchoVideo").warning(
+                "ComfyUI-EchoVideo is not loaded: %s. It needs ComfyUI 0.3.64 or newer (comfy_api.latest).", error)
 
 if bridge is not None:
     from .nodes import node_list
@@ -31,4 +55,4 @@ if bridge is not None:
     async def comfy_entrypoint():
         return EchoVideoExtension()
 
-__all__ = ["comfy_entrypoint"]
+__all__ = ["comfy_entrypoint"] if bridge is not None else []

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import CheckpointError, check, is_out_of_memory
+from .errors import CheckpointError, check, import_failure, is_out_of_memory
 from .host_memory import large_blocks_unmapped_on_free
 from .video import check_video_size, latent_frames
 
@@ -30,7 +30,10 @@ def build_vae(config: dict, dtype=torch.float32, device="cpu", drop_unused_cache
     stock convs."""
     import inspect
 
-    from diffusers import AutoencoderKLCogVideoX
+    try:
+        from diffusers import AutoencoderKLCogVideoX
+    except ImportError as e:
+        raise import_failure(e, "the CogVideoX VAE") from e
 
     missing = [k for k in VAE_CONFIG_KEYS if k not in config]
     if missing:

@@ -6,6 +6,8 @@ import os
 import numpy as np
 import torch
 
+from echovideo.errors import FACE_PACKAGES, MissingPackageError, import_failure, missing_packages
+
 from . import bridge
 from .bridge import io
 from .types import (Conditioning, ConditioningData, FaceEncoder, FaceEncoderBundle, Identity, IdentityData, Model,
@@ -65,15 +67,19 @@ class FaceEncoderLoader(io.ComfyNode):
     def validate_inputs(cls, siglip_name=None, face_device=None):
         from .model_nodes import entry_problem
 
+        package_problem = face_problem = None
         try:
             find_face_model_paths()
-            face_problem = None
         except FileNotFoundError as e:
             face_problem = str(e)
         except ImportError as e:  # e.g. opencv missing after a failed install: say so at queue time
-            face_problem = (f"EchoVideo Face Encoder Loader: the face pipeline's Python packages do not import ({e}); "
-                            "install the pack's requirements.txt")
+            package_problem = import_failure(e, "the face pipeline")
+        missing = missing_packages(*FACE_PACKAGES)  # imported only when the models load: found, not imported
+        if missing and package_problem is None:
+            package_problem = MissingPackageError(missing, "the face pipeline")
+        package_problem = package_problem and f"EchoVideo Face Encoder Loader: {package_problem}"
         return bridge.queue_time_result(
+            package_problem,
             face_problem or entry_problem("clip_vision", siglip_name),  # one "also missing" list, as at run time
             bridge.choice_problem("EchoVideo Face Encoder Loader", "face_device", face_device, FACE_DEVICES))
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+from echovideo.errors import MissingPackageError, missing_packages
+
 from . import bridge
 from .bridge import io
 from .types import Model, ModelBundle, Vae, VaeBundle
@@ -157,7 +159,9 @@ class VaeLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, vae_name=None, precision=None):
-        return bridge.queue_time_result(entry_problem("vae", vae_name),
+        missing = missing_packages("diffusers")
+        package_problem = f"EchoVideo VAE Loader: {MissingPackageError(missing, 'the VAE')}" if missing else None
+        return bridge.queue_time_result(package_problem or entry_problem("vae", vae_name),
                                         bridge.choice_problem("EchoVideo VAE Loader", "precision", precision, bridge.PRECISIONS))
 
     @classmethod

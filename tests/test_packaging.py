@@ -74,6 +74,39 @@ def test_pack_inside_a_comfyui_without_the_v3_api_says_why_it_is_not_loaded():
     assert "not loaded" not in outside.stderr, outside.stderr
 
 
+def test_a_second_copy_of_the_pack_registers_nothing_and_names_both_folders(tmp_path):
+    """Two copies in custom_nodes: the second would run the first one's `echovideo` library (one top-level name on
+    sys.path), so it stays unloaded and says which folders to clean up; the first loads as usual."""
+    import shutil
+    import subprocess
+    import sys
+
+    copies = []
+    for name in ("ComfyUI-EchoVideo", "EchoVideo copy 2"):
+        folder = tmp_path / name
+        shutil.copytree(ROOT / "echovideo", folder / "echovideo", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / "nodes", folder / "nodes", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(ROOT / "__init__.py", folder / "__init__.py")
+        copies.append(str(folder))
+    script = (
+        "import importlib.util, sys\n"
+        "for i, folder in enumerate(sys.argv[1:]):\n"
+        "    spec = importlib.util.spec_from_file_location(f'pack{i}', folder + '/__init__.py', "
+        "submodule_search_locations=[folder])\n"
+        "    mod = importlib.util.module_from_spec(spec); sys.modules[f'pack{i}'] = mod\n"
+        "    spec.loader.exec_module(mod)\n"
+        "    exec(f'from pack{i} import *')\n"
+        "import echovideo; print(echovideo.__file__)\n")
+    run = subprocess.run([sys.executable, "-c", script, *copies], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)  # not the repository: its own echovideo would be first on sys.path
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().startswith(copies[0])
+    assert (f"ComfyUI-EchoVideo in {copies[1]} is not loaded: Python's `echovideo` library is the one in "
+            f"{copies[0]}") in run.stderr, run.stderr
+    assert f"in {copies[0]} is not loaded" not in run.stderr
+    assert "Keep one copy of ComfyUI-EchoVideo in custom_nodes" in run.stderr
+
+
 def test_step_cache_defaults_are_the_documented_ones():
     """The node's default threshold is the one the README documents and benchmarks (0.05): every other test
     compares against the constant itself, so a changed default would pass unseen."""

@@ -474,3 +474,14 @@ def test_face_frame_latents_for_any_frame_count_as_published(vae, num_frames, la
     assert image_latents.shape[1] == latents
     assert torch.equal(image_latents[:, :1], vae_lib.encode_face_frame(vae, face, 64, 64, 9)[:, :1])
     assert not image_latents[:, 1:].any()
+
+
+def test_vae_without_diffusers_names_the_package_and_the_install_command(monkeypatch):
+    from echovideo.errors import MissingPackageError
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # `from diffusers import ...` fails as if not installed
+    with pytest.raises(MissingPackageError) as info:
+        vae_lib.build_vae(tiny.vae_config(tiny.PRESETS["shared"]))
+    assert str(info.value) == ("the CogVideoX VAE needs the Python package diffusers, which is not installed; install "
+                               "the pack's requirements into ComfyUI's Python: python -m pip install -r "
+                               "custom_nodes/ComfyUI-EchoVideo/requirements.txt")

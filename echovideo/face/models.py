@@ -11,6 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..errors import FACE_PACKAGES, import_failure, require_packages
 from .errors import FaceError, FaceModelLoadError, FaceModelMissingError
 
 ANTELOPEV2 = os.path.join("models", "antelopev2")
@@ -139,6 +140,8 @@ def _load_named(build, path: str, what: str, *args):
         return build(path, *args)
     except (FaceError, MemoryError):
         raise
+    except ImportError as e:  # a package, not the file: "download it again" would not help
+        raise import_failure(e, f"the {what}") from e
     except Exception as e:  # onnxruntime, torch.load and load_state_dict raise many unrelated types
         raise FaceModelLoadError(path, what, e) from e
 
@@ -192,6 +195,7 @@ def _build_arcface(path: str, providers: list):
 def load_face_models(paths: FaceModelPaths, device: str = "cpu") -> FaceModels:
     """Load (once) the detector, recognizer and parser; cached by file paths + provider + device."""
     paths.validate()
+    require_packages("the face pipeline (insightface antelopev2, facexlib)", *FACE_PACKAGES)
     device = str(device)
     providers = onnx_providers(device)
     key = tuple((f, _file_stamp(f)) for f in paths.files) + (repr(providers), device)
