@@ -162,7 +162,12 @@ def main(argv=None):
     frames = vae_lib.decode_to_images(vae, latents, tiling=not args.no_tiling, tile_size=args.tile_size)
     decode_s = time.perf_counter() - t0
     decode_peak = _status_mib("VmHWM") if decode_peak_measured else None
-    result.update(decode_s=round(decode_s, 4), decoded_frames=int(frames.shape[0]), tile_size=args.tile_size,
+    tiling = not args.no_tiling
+    region = vae_lib.decode_region(vae, preset.height, preset.width, tiling, args.tile_size)
+    result.update(decode_s=round(decode_s, 4), decoded_frames=int(frames.shape[0]), tiling=tiling,
+                  tile_size=args.tile_size if tiling else None,
+                  # the largest region one decoder pass sees: the whole frame when one tile covers it
+                  decode_region=list(region), frame_split=tuple(region) != (preset.height, preset.width),
                   peak_rss_before_decode_mib=round(rss_before_decode, 1),
                   # the reset above also restarts ru_maxrss: the run's peak is the larger of the two phases'
                   peak_rss_mib=round(max(rss_before_decode, peak_rss_mib(), decode_peak or 0.0), 1),

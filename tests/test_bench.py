@@ -116,7 +116,9 @@ def test_step_cache_run_and_decode_options(bench, capsys, monkeypatch):
                         lambda vae, latents, **kw: (decodes.append(kw), real(vae, latents, **kw))[1])
     out, threads = _main_json(bench, capsys, "--steps", "3", "--step-cache", "0", "--no-tiling", "--tile-size", "64")
     assert threads == 1
-    assert decodes == [dict(tiling=False, tile_size=64)] and out["tile_size"] == 64
+    assert decodes == [dict(tiling=False, tile_size=64)]
+    # the JSON tells an untiled run from a tiled one: no tile size without tiling, the whole frame in one pass
+    assert (out["tiling"], out["tile_size"], out["decode_region"], out["frame_split"]) == (False, None, [64, 64], False)
     assert out["step_cache_threshold"] == 0.0 and out["dit_calls"] == 3 and out["step_cache_dit_calls"] == 3
     assert out["step_cache_call_reduction"] == 1.0 and out["step_cache_max_rel_deviation"] == 0.0
 
@@ -131,6 +133,8 @@ def test_step_cache_run_skips_at_a_high_threshold(bench, capsys, monkeypatch):
                         lambda vae, latents, **kw: (decodes.append(kw), real(vae, latents, **kw))[1])
     out, _ = _main_json(bench, capsys, "--steps", "6", "--step-cache", "1.0")
     assert made == [dict(threshold=1.0)] and decodes == [dict(tiling=True, tile_size=None)]
+    # the VAE's default tile covers the preset's 64x64 frame: tiling on, yet one pass per frame
+    assert (out["tiling"], out["tile_size"], out["decode_region"], out["frame_split"]) == (True, None, [64, 64], False)
     assert out["step_cache_dit_calls"] < out["dit_calls"] == 6
     assert out["step_cache_call_reduction"] == round(6 / out["step_cache_dit_calls"], 3)
     assert out["step_cache_max_rel_deviation"] > 0
