@@ -169,7 +169,7 @@ def other_model_keys(keys) -> Optional[str]:
     if any(k.startswith("encoder.block.") or k == "shared.weight" for k in keys):
         return ("a T5 text encoder's (encoder.block keys): load it with EchoVideo T5 Loader, or core Load CLIP "
                 "(type sd3)")
-    if any(k.startswith(("vision_model.", "text_model.")) for k in keys):
+    if any(k.startswith("vision_model.") for k in keys):
         return ("a SigLIP/CLIP encoder's (vision_model keys): it belongs in models/clip_vision, picked in EchoVideo "
                 "Face Encoder Loader")
     return None

@@ -72,8 +72,17 @@ def import_failure(error: ImportError, what: str) -> MissingPackageError:
 def missing_packages(*modules: str) -> list:
     """The top-level modules of `modules` that are not installed (found without importing them)."""
     import importlib.util
+    import sys
 
-    return [m for m in modules if importlib.util.find_spec(m) is None]
+    def installed(name: str) -> bool:
+        if sys.modules.get(name) is not None:  # imported (also one without a spec); None there means blocked
+            return True
+        try:
+            return importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            return False
+
+    return [m for m in modules if not installed(m)]
 
 
 def require_packages(what: str, *modules: str) -> None:

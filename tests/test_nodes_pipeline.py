@@ -631,27 +631,26 @@ def test_loaders_refuse_missing_models_and_unknown_options_at_queue_time(env, mo
     assert "model '(none selected)' not found in the 'vae' folders" in mn.VaeLoader.validate_inputs(vae_name=placeholder)
 
     # packages not installed (a failed install) are named with the pip command at queue time, before any load
-    import importlib.util
+    import sys
 
-    real_find_spec = importlib.util.find_spec
-    gone = set()
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a, **k: None if name.split(".")[0] in gone else real_find_spec(name, *a, **k))
+    def uninstall(*names):  # `import name` fails as if not installed
+        for name in names:
+            monkeypatch.setitem(sys.modules, name, None)
 
     def no_cv2():
         raise ModuleNotFoundError("No module named 'cv2'", name="cv2")
 
     install = "install the pack's requirements into ComfyUI's Python: python -m pip install -r "
-    gone.update({"insightface", "facexlib"})  # imported only when the models load: found without importing
+    uninstall("insightface", "facexlib")  # imported only when the models load: found without importing
     msg = fn.FaceEncoderLoader.validate_inputs(siglip_name="siglip_tiny.safetensors", face_device="cpu")
     assert msg.startswith("EchoVideo Face Encoder Loader: the face pipeline needs the Python packages insightface, "
                           f"facexlib, which are not installed; {install}"), msg
-    gone.add("cv2")
+    uninstall("cv2")
     monkeypatch.setattr(comfy_env.pack_module("nodes.bridge"), "face_model_dirs", no_cv2)
     msg = fn.FaceEncoderLoader.validate_inputs(siglip_name="siglip_tiny.safetensors", face_device="cpu")
     assert msg.startswith("EchoVideo Face Encoder Loader: the face pipeline needs the Python package opencv-python, "
                           f"which is not installed; {install}"), msg
-    gone.add("diffusers")
+    uninstall("diffusers")
     msg = mn.VaeLoader.validate_inputs(vae_name=placeholder)
     assert msg.startswith("EchoVideo VAE Loader: the VAE needs the Python package diffusers, which is not installed; "
                           + install), msg
