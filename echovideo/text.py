@@ -67,6 +67,9 @@ def tokenize(tokenizer, prompt: Union[str, Sequence[str]], max_length: int = MAX
     for dropped in truncated_parts(tokenizer, prompts, max_length):
         log.warning("EchoVideo: the prompt is longer than the %d tokens the model reads; this end of it is "
                     "left out: %s. Shorten the prompt to keep it.", max_length, excerpt(dropped))
+    for unknown in filter(None, (unknown_parts(tokenizer, p) for p in prompts)):
+        log.warning("EchoVideo: T5's vocabulary has no %s, so the model does not read them; write prompts in "
+                    "English.", excerpt(", ".join(unknown)))
     return out.input_ids
 
 
@@ -76,8 +79,32 @@ def token_count(tokenizer, prompt: str) -> int:
                          verbose=False).input_ids[0])
 
 
+def unknown_parts(tokenizer, prompt: str) -> List[str]:
+    """The stretches of the prompt the tokenizer reads as its unknown token (T5's vocabulary has no Chinese,
+    Japanese, Korean or emoji), so the model never sees them. Needs a fast tokenizer's character offsets; [] for
+    a tokenizer without them or without an unknown token."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not getattr(tokenizer, "is_fast", False):
+        return []
+    enc = tokenizer(prompt, add_special_tokens=False, truncation=False, return_offsets_mapping=True, verbose=False)
+    spans: List[List[int]] = []
+    for token, (start, end) in zip(enc.input_ids, enc.offset_mapping):
+        if token != unk:
+            continue
+        if spans and not prompt[spans[-1][1]:start].strip():  # only spaces between: one stretch
+            spans[-1][1] = end
+        else:
+            spans.append([start, end])
+    return [prompt[a:b].strip() for a, b in spans if prompt[a:b].strip()]
+
+
 def truncated_parts(tokenizer, prompts: Sequence[str], max_length: int = MAX_LENGTH) -> List[str]:
     """The text each over-long prompt loses to truncation (as the reference pipeline reports it)."""
+    if getattr(tokenizer, "is_fast", False):  # the prompt's own characters (a decode shows <unk> for CJK, emoji)
+        enc = tokenizer(list(prompts), padding=False, truncation=False, add_special_tokens=False,
+                        return_offsets_mapping=True, verbose=False)
+        return [prompt[offsets[max_length - 1][0]:].strip() for prompt, offsets in zip(prompts, enc.offset_mapping)
+                if len(offsets) > max_length - 1]
     full = tokenizer(list(prompts), padding=False, truncation=False, add_special_tokens=True,
                      verbose=False).input_ids  # verbose=False: no "longer than the maximum" notice of its own
     # the kept ids end with EOS at max_length - 1; the full ids end with EOS too

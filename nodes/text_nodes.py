@@ -139,7 +139,15 @@ def prompt_length_note(tokenizer, positive: str, negative: str) -> str:
         else:
             lines += [f"{name}: {count} tokens, longer than the {text.MAX_LENGTH} the model reads; left out: "
                       f"{text.excerpt(dropped)}" for dropped in text.truncated_parts(tokenizer, [prompt])]
+        unknown = text.unknown_parts(tokenizer, prompt)
+        if unknown:
+            shown = ", ".join(repr(part) for part in unknown[:UNKNOWN_PARTS_SHOWN])
+            more = f" and {len(unknown) - UNKNOWN_PARTS_SHOWN} more" if len(unknown) > UNKNOWN_PARTS_SHOWN else ""
+            lines.append(f"{name}: not in T5's vocabulary, so not read (write prompts in English): {shown}{more}")
     return "\n".join(lines)
+
+
+UNKNOWN_PARTS_SHOWN = 8
 
 
 ONE_ENCODER = ("EchoVideo Text Encode: connect exactly one text encoder: 'clip' (core Load CLIP with t5xxl) or "
@@ -202,6 +210,7 @@ class TextEncode(io.ComfyNode):
         if (clip is None) == (t5 is None):
             raise ValueError(ONE_ENCODER)
         if clip is not None:
+            _comfy_t5(clip)  # a CLIP without T5 is refused before the node shows any token count
             enc = functools.partial(encode_with_clip, clip)
         else:
             enc = functools.partial(encode_with_t5, t5)

@@ -194,3 +194,32 @@ def test_text_encode_shows_prompt_lengths_and_what_an_over_long_prompt_loses(hf_
     assert re.fullmatch(r"positive: \d+ of 226 tokens", positive)
     assert re.match(r"negative: 24\d tokens, longer than the 226 the model reads; left out: '.*THE END'$", negative)
     assert fits == [positive, "negative: 1 of 226 tokens"]  # the empty prompt is its EOS
+
+
+def test_text_encode_names_what_t5_cannot_read_and_shows_nothing_for_a_clip_without_t5(hf_t5, monkeypatch):
+    """Characters outside T5's vocabulary (Chinese, emoji) become its unknown token, which the model reads as
+    nothing: the node names them in the prompt's own characters, also in a cut-off end. A CLIP that holds no T5 is
+    refused before any token count is shown."""
+    from types import SimpleNamespace
+
+    clip = make_clip(hf_t5, "sd3")
+    tn = comfy_env.pack_module("nodes.text_nodes")
+    bridge = comfy_env.pack_module("nodes.bridge")
+    shown = []
+    monkeypatch.setattr(bridge, "show_text_on_node", lambda node_id, text: shown.append(text))
+    node = tn.TextEncode.PREPARE_CLASS_CLONE({bridge.io.Hidden.unique_id: "7"})
+    comfy_env.run_node(node, positive="一个女人在公园里微笑 smiles 🙂🎬 at the camera",
+                       negative="word " * 240 + "低质量 blurry", clip=clip)
+    lines = shown[0].split("\n")
+    assert re.fullmatch(r"positive: \d+ of 226 tokens", lines[0])
+    assert lines[1] == ("positive: not in T5's vocabulary, so not read (write prompts in English): "
+                        "'一个女人在公园里微笑', '🙂🎬'")
+    assert re.match(r"negative: 2\d\d tokens, longer than the 226 the model reads; left out: '.*低质量 blurry'$",
+                    lines[2]), lines[2]
+    assert lines[3].endswith("'低质量'")
+    assert len(lines) == 4
+    shown.clear()
+    no_t5 = SimpleNamespace(cond_stage_model=torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match="the connected CLIP holds no T5 encoder"):
+        comfy_env.run_node(node, positive=PROMPTS[0], negative="", clip=no_t5)
+    assert shown == []

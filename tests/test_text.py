@@ -89,6 +89,26 @@ def test_long_prompt_warns_with_the_dropped_words(tiny_t5, caplog):
     assert "left out: 'woman smiles'. Shorten" in caplog.records[0].getMessage()
 
 
+def test_characters_outside_the_vocabulary_are_named_in_the_log(tiny_t5, caplog):
+    """What the tokenizer reads as its unknown token (T5 has no CJK or emoji) is named in the prompt's own
+    characters, neighbours joined; a prompt it fully reads logs nothing."""
+    _, _, tok_dir = tiny_t5
+    tok = text.load_tokenizer(tok_dir)
+    assert text.unknown_parts(tok, "a man smiles") == []
+    prompt = "a man 一个 女人 smiles 🙂"
+    assert text.unknown_parts(tok, prompt) == ["一个 女人", "🙂"]
+    ids = text.tokenize(tok, prompt)
+    assert (ids[0, :6] == tok.unk_token_id).sum() == 3
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="echovideo"):
+        text.tokenize(tok, "a man smiles")
+        assert not caplog.records
+        text.tokenize(tok, prompt)
+    (record,) = caplog.records
+    assert record.getMessage() == ("EchoVideo: T5's vocabulary has no '一个 女人, 🙂', so the model does not read "
+                                   "them; write prompts in English.")
+
+
 def test_folder_encoder_equals_transformers(tiny_t5):
     model, folder, tok_dir = tiny_t5
     enc = text.load_t5_encoder(folder, dtype=torch.float32, device="cpu")
