@@ -56,9 +56,13 @@ def reset_rss_peak() -> bool:
         return False
 
 
+MAX_THREADS = 1024  # far more and the OpenMP runtime fails to start its threads, or crashes
+
+
 def check_args(ap, args, preset):
     """Bad values exit with status 2 before any model is built."""
-    require(ap, args.threads >= 1, "--threads", args.threads, "at least 1")
+    require(ap, 1 <= args.threads <= MAX_THREADS, "--threads", args.threads,
+            f"at least 1 and at most {MAX_THREADS} (this machine has {os.cpu_count()} CPUs)")
     if args.frames is not None:
         check_size_options(ap, preset.width, preset.height, args.frames)
     check_shared_options(ap, args)
@@ -75,8 +79,9 @@ def check_args(ap, args, preset):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=sorted(tiny.PRESETS), default="shared")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--preset", choices=sorted(tiny.PRESETS), default="shared",
+                    help="tiny random weights of these shapes (default shared: the golden file's)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2, as in the issue's figures)")
     ap.add_argument("--frames", type=int, default=None, help="override the preset's frame count (8k+1)")
     ap.add_argument("--steps", type=int, default=None, help="override the preset's step count")
     ap.add_argument("--step-cache", type=float, nargs="?", const=DEFAULT_THRESHOLD, default=None,
@@ -88,7 +93,7 @@ def main(argv=None):
                     help="torch.compile the DiT blocks (e.g. inductor); compiled in an untimed warm-up run")
     ap.add_argument("--no-unit-guidance-skip", action="store_true",
                     help="run the unconditional branch also at steps whose guidance scale is 1")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="inputs and noise seed, 0 to 2**32 - 1 (default 0)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     preset = tiny.PRESETS[args.preset]

@@ -18,7 +18,7 @@ from .errors import EchoVideoInputError
 from .guidance import MAX_GUIDANCE_SCALE
 from .sampling import RELEASED_SCHEDULER_CONFIG
 from .step_cache import DEFAULT_THRESHOLD, MAX_THRESHOLD
-from .video import check_video_size
+from .video import MAX_FRAMES, MAX_SIZE, check_video_size
 
 DEFAULTS = dict(dit="EchoVideo", vae="CogVideoX-5b-vae", t5="EchoVideo-t5-v1_1-xxl",
                 siglip="siglip-base-patch16-224")
@@ -40,6 +40,9 @@ def check_size_options(ap, width, height, frames):
         check_video_size(width, height, frames, exact_frames=True)
     except EchoVideoInputError as e:
         require(ap, False, "--" + dict(num_frames="frames").get(e.argument, e.argument), e.got, e.needs)
+    for option, value, most in (("--width", width, MAX_SIZE), ("--height", height, MAX_SIZE),
+                                ("--frames", frames, MAX_FRAMES)):
+        require(ap, value <= most, option, value, f"at most {most} (as the nodes)")
 
 
 def check_shared_options(ap, args):
@@ -81,8 +84,17 @@ def check_device(ap, name):
         device = torch.device(name)
     except RuntimeError:
         ap.error(f"--device: got {name!r}, needs a torch device such as cuda, cuda:0 or cpu")
-    require(ap, device_available(device), "--device", repr(name),
+    require(ap, device_available(device) and device_usable(device), "--device", repr(name),
             f"a device this torch can use here: {devices_here()}")
+
+
+def device_usable(device: torch.device) -> bool:
+    """Whether a tensor can be made there (the device types torch knows but this build lacks, such as hpu)."""
+    try:
+        torch.empty(0, device=device)
+        return True
+    except Exception:  # noqa: BLE001 - RuntimeError, or ModuleNotFoundError for torch.hpu and the like
+        return False
 
 
 def nearest_existing_folder(path: str) -> str:
@@ -133,25 +145,34 @@ def parse_args(argv=None):
     ap.add_argument("--image", required=True, help="photo of the person")
     ap.add_argument("--prompt", required=True)
     ap.add_argument("--negative-prompt", default="")
-    ap.add_argument("--out", default="output/echovideo.mp4", help=".mp4, .webp or .gif")
+    ap.add_argument("--out", default="output/echovideo.mp4",
+                    help=".mp4, .webp or .gif; replaced if it exists, only once the video is complete "
+                         "(default output/echovideo.mp4)")
     for key, value in DEFAULTS.items():
         ap.add_argument(f"--{key}", default=value, help=f"name in its models folder (default {value})")
     ap.add_argument("--tokenizer", default=None, help="T5 tokenizer folder (default: beside the T5 weights)")
-    ap.add_argument("--width", type=int, default=848, help="video width in pixels, a multiple of 16 (default 848)")
-    ap.add_argument("--height", type=int, default=480, help="video height in pixels, a multiple of 16 (default 480)")
-    ap.add_argument("--frames", type=int, default=49, help="frame count, 8k+1 (1, 9, 17, ..., 49) (default 49)")
-    ap.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
-    ap.add_argument("--cfg", type=float, default=6.0, help="guidance scale; 1.0 turns guidance off (default 6.0)")
+    ap.add_argument("--width", type=int, default=848, help=f"video width in pixels, a multiple of 16, at most {MAX_SIZE} (default 848)")
+    ap.add_argument("--height", type=int, default=480, help=f"video height in pixels, a multiple of 16, at most {MAX_SIZE} (default 480)")
+    ap.add_argument("--frames", type=int, default=49, help="frame count, 8k+1 (1, 9, 17, ..., 49: the model's length; more, up to "
+                    f"{MAX_FRAMES}, are possible) (default 49)")
+    ap.add_argument("--steps", type=int, default=50, help=f"denoising steps, 1 to "
+                    f"{RELEASED_SCHEDULER_CONFIG['num_train_timesteps']} (default 50)")
+    ap.add_argument("--cfg", type=float, default=6.0, help=f"guidance scale, 1.0 to {MAX_GUIDANCE_SCALE}; 1.0 turns guidance off "
+                    "(default 6.0)")
     ap.add_argument("--no-dynamic-cfg", action="store_true", help="constant guidance instead of the dynamic schedule")
-    ap.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    ap.add_argument("--fps", type=int, default=16, help="frames per second of the written video (default 16)")
+    ap.add_argument("--seed", type=int, default=42, help="random seed, 0 to 2**64 - 1 (default 42)")
+    ap.add_argument("--fps", type=int, default=16, help=f"frames per second of the written video, 1 to {MAX_FPS}, at most "
+                    f"{MAX_GIF_FPS} for a .gif (default 16)")
     ap.add_argument("--face-index", type=int, default=0,
                     help="0 = largest face (nearest the centre if only the fallback RetinaFace detector finds faces)")
     ap.add_argument("--whole-image", action="store_true",
                     help="whole photo for the SigLIP tokens and the reference frame (full body)")
     ap.add_argument("--step-cache", type=float, nargs="?", const=DEFAULT_THRESHOLD, default=None,
-                    metavar="THRESHOLD", help=f"skip DiT steps with the step cache (threshold: default {DEFAULT_THRESHOLD})")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+                    metavar="THRESHOLD", help=f"skip DiT steps with the step cache (threshold 0 to {MAX_THRESHOLD}: "
+                    f"default {DEFAULT_THRESHOLD})")
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    ap.add_argument("--device", default=default_device,
+                    help=f"torch device for every model, e.g. cpu, cuda, cuda:1, mps (default here: {default_device})")
     ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
                     help="compute dtype (default: bf16 on GPU, fp32 on CPU; fp16: CogVideoX-5B can overflow, "
                          "prefer bf16)")
@@ -170,7 +191,7 @@ def check_args(ap, args):
             f"a finite number, at least 1.0 (1.0 turns guidance off) and at most {MAX_GUIDANCE_SCALE}")
     require(ap, 1 <= args.fps <= MAX_FPS, "--fps", args.fps, f"at least 1 and at most {MAX_FPS}")
     require(ap, args.face_index >= 0, "--face-index", args.face_index, "0 (largest face) or more")
-    require(ap, -2 ** 63 <= args.seed < 2 ** 64, "--seed", args.seed, "a 64-bit integer")
+    require(ap, 0 <= args.seed < 2 ** 64, "--seed", args.seed, "0 to 2**64 - 1 (as the Sampler node)")
     ext = os.path.splitext(args.out)[1].lower()
     require(ap, ext in OUTPUT_EXTENSIONS, "--out", repr(args.out), "a " + ", ".join(OUTPUT_EXTENSIONS) + " file name")
     require(ap, ext != ".gif" or args.fps <= MAX_GIF_FPS, "--fps", args.fps,
@@ -227,15 +248,24 @@ def reading(option: str, path: str, hint: str = "is it the right file, completel
         raise SystemExit(f"error: {option}: {path} could not be read ({type(e).__name__}: {e}); {hint}") from None
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    from .errors import CheckpointError, EchoVideoInputError
-    from .face.errors import FaceError, FaceModelLoadError, FaceModelMissingError
+CLI_INSTALL = "install the requirements: .venv/bin/python -m pip install -r requirements.txt (or bash scripts/setup_env.sh)"
 
+
+def main(argv=None):
     try:
-        generate_video(args)
-    except (FaceError, FaceModelMissingError, FaceModelLoadError, EchoVideoInputError, CheckpointError) as e:
-        raise SystemExit(f"error: {with_option_names(str(e))}") from None  # the photo, a model file or an option
+        args = parse_args(argv)
+        from .errors import INSTALL_REQUIREMENTS, CheckpointError, EchoVideoInputError, MissingPackageError
+        from .face.errors import FaceError, FaceModelLoadError, FaceModelMissingError
+
+        try:
+            generate_video(args)
+        except (FaceError, FaceModelMissingError, FaceModelLoadError, EchoVideoInputError, CheckpointError) as e:
+            raise SystemExit(f"error: {with_option_names(str(e))}") from None  # the photo, a model file or an option
+        except MissingPackageError as e:
+            raise SystemExit(f"error: {str(e).replace(INSTALL_REQUIREMENTS, CLI_INSTALL)}") from None
+    except KeyboardInterrupt:  # the video is written to a temporary file and renamed: --out is never half-written
+        print("\ninterrupted: no video written", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 LIBRARY_INPUT_OPTIONS = {"image": "--image", "face_index": "--face-index"}

@@ -3,6 +3,8 @@ from .errors import check
 
 SPATIAL_COMPRESSION = 8
 TEMPORAL_COMPRESSION = 4
+MAX_SIZE = 2048  # pixels a side the nodes and the CLI take (the model was trained at 480x720)
+MAX_FRAMES = 257  # frames the nodes and the CLI take (the model was trained at 49)
 
 
 def frames_decoded_from(latent_frame_count: int) -> int:

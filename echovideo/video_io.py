@@ -1,5 +1,7 @@
 """Writes frames [F, H, W, 3] in [0, 1] to a video file (.mp4 through PyAV, .webp / .gif through Pillow)."""
+import contextlib
 import os
+import tempfile
 
 import numpy as np
 import torch
@@ -25,18 +27,41 @@ def frame_durations_ms(count: int, fps: float, tick: int = 1) -> list:
 
 
 def save_video(frames, path: str, fps: int = 16) -> str:
+    """Writes the video to a temporary file beside `path` and renames it into place once complete, so an
+    interrupted or failed write leaves no partial file and an existing one unchanged."""
     video = frames_to_uint8(frames)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     ext = os.path.splitext(path)[1].lower()
+    if ext not in (".mp4", ".webp", ".gif"):
+        raise ValueError(f"output: got {path!r}, needs a .mp4, .webp or .gif file name")
+    handle, partial = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=ext)
+    os.close(handle)
+    try:
+        _write(video, partial, ext, fps)
+        os.chmod(partial, 0o666 & ~_umask())  # mkstemp's file is private: the mode a plain open would give
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write(video: np.ndarray, path: str, ext: str, fps: int) -> None:
     if ext in (".webp", ".gif"):
         images = [Image.fromarray(f) for f in video]
         tick = 10 if ext == ".gif" else 1  # GIF stores frame times in centiseconds
         images[0].save(path, save_all=True, append_images=images[1:],
                        duration=frame_durations_ms(len(images), fps, tick), loop=0,
                        **({"lossless": True} if ext == ".webp" else {}))
-        return path
-    if ext != ".mp4":
-        raise ValueError(f"output: got {path!r}, needs a .mp4, .webp or .gif file name")
+        return
     height, width = video.shape[1:3]
     if height % 2 or width % 2:  # yuv420p halves both sides
         raise ValueError(f"frames: got {width}x{height}, an .mp4 needs an even width and height; crop or resize "
@@ -58,4 +83,3 @@ def save_video(frames, path: str, fps: int = 16) -> str:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    return path

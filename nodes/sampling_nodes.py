@@ -6,7 +6,7 @@ import torch
 from echovideo.errors import EchoVideoInputError
 from echovideo.guidance import MAX_GUIDANCE_SCALE
 from echovideo.vae import check_tile_size
-from echovideo.video import video_size_problems
+from echovideo.video import MAX_FRAMES, MAX_SIZE, video_size_problems
 
 from . import bridge
 from .bridge import io
@@ -14,8 +14,6 @@ from .face_nodes import image_to_uint8
 from .types import Conditioning, ImageLatents, ImageLatentsData, Model, Vae
 
 CATEGORY = "EchoVideo"
-MAX_SIZE = 2048
-MAX_FRAMES = 257
 
 
 def size_problem(width, height, num_frames):

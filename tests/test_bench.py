@@ -65,7 +65,7 @@ def test_valid_options_reach_the_models(no_models):
 
 
 @pytest.mark.parametrize("option, value, says", [
-    ("--threads", "0", "at least 1"), ("--frames", "0", "8k+1"), ("--frames", "10", "8k+1"),
+    ("--threads", "0", "at least 1"), ("--threads", "100000", "at most 1024"), ("--frames", "0", "8k+1"), ("--frames", "10", "8k+1"),
     ("--steps", "0", "at least 1"), ("--step-cache", "-0.1", "from 0 to 1"), ("--step-cache", "1.5", "from 0 to 1"),
     ("--tile-size", "0", "at least 64"), ("--tile-size", "48", "at least 64"), ("--tile-size", "100", "multiple of 16"),
     ("--seed", "-1", "seed range"), ("--seed", str(2 ** 32), "seed range"), ("--tile-size", "72", "multiple of 16"),

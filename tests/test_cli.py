@@ -150,7 +150,9 @@ def test_unreadable_photo_is_one_line_naming_the_image(tiny_models, tmp_path):
     ("--device", "cdua", "torch device"), ("--device", "cuda:99", "a device this torch can use here: cpu"),
     ("--frames", "10", "8k+1"), ("--frames", "0", "8k+1"), ("--frames", "13", "so 13 would come out as 16 frames"),
     ("--width", "100", "multiple of 16"),
-    ("--height", "0", "multiple of 16"), ("--face-index", "-1", "largest face"), ("--seed", str(2 ** 64), "64-bit"),
+    ("--height", "0", "multiple of 16"), ("--face-index", "-1", "largest face"), ("--seed", str(2 ** 64), "0 to 2**64 - 1"),
+    ("--seed", "-1", "0 to 2**64 - 1"), ("--width", "2064", "at most 2048"), ("--height", "4096", "at most 2048"),
+    ("--frames", "265", "at most 257"), ("--device", "hpu", "a device this torch can use here: cpu"),
     ("--image", "missing.png", "existing image"), ("--tokenizer", "missing", "existing tokenizer"),
     ("--models-dir", "missing", "existing folder"),
 ])
@@ -316,11 +318,16 @@ def test_frames_with_nan_are_not_written(tiny_models, tmp_path, monkeypatch):
     assert not out.exists()
 
 
-def test_device_types_the_cli_does_not_know_pass_through(tmp_path):
-    """cpu, cuda, mps, xpu and meta are checked; other torch devices (DirectML's privateuseone, npu, ...) are left
-    to the run, as before the check."""
+def test_device_types_the_cli_does_not_know_pass_where_torch_can_make_a_tensor(tmp_path, monkeypatch):
+    """cpu, cuda, mps, xpu and meta are checked; other torch devices (DirectML's privateuseone, npu, ...) pass
+    where this torch can make a tensor there (a backend registered), and are refused where it cannot (hpu, or
+    privateuseone with no backend, raised ModuleNotFoundError / RuntimeError deep in the run)."""
     import torch
 
+    assert not cli.device_usable(torch.device("privateuseone:0")) and not cli.device_usable(torch.device("hpu"))
+    with pytest.raises(SystemExit):
+        cli.parse_args(checked_args(tmp_path, "--device", "privateuseone:0"))
+    monkeypatch.setattr(cli, "device_usable", lambda device: True)  # as with torch-directml installed
     assert cli.parse_args(checked_args(tmp_path, "--device", "privateuseone:0")).device == "privateuseone:0"
     assert cli.device_available(torch.device("cpu")) and not cli.device_available(torch.device("meta"))
     assert cli.devices_here().startswith("cpu")
@@ -333,3 +340,28 @@ def test_out_probe_from_a_deleted_working_folder_is_one_line(tmp_path, monkeypat
     gone.rmdir()
     with pytest.raises(SystemExit, match=r"^error: --out: out.webp cannot be written \(FileNotFoundError"):
         cli.check_out_writable("out.webp")
+
+
+def test_ctrl_c_and_a_missing_package_end_in_one_line(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the run: one line and exit status 130, no traceback; a package that is not installed: one
+    error line with the install command for this checkout (not ComfyUI's custom_nodes path)."""
+    from echovideo.errors import MissingPackageError
+
+    def press_ctrl_c(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "generate_video", press_ctrl_c)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(checked_args(tmp_path))
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted: no video written"
+
+    def no_onnxruntime(args):
+        raise MissingPackageError(["onnxruntime"], "the face pipeline")
+
+    monkeypatch.setattr(cli, "generate_video", no_onnxruntime)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(checked_args(tmp_path))
+    assert exit_info.value.code == ("error: the face pipeline needs the Python package onnxruntime, which is not "
+                                    "installed; install the requirements: .venv/bin/python -m pip install -r "
+                                    "requirements.txt (or bash scripts/setup_env.sh)")

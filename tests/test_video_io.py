@@ -103,3 +103,34 @@ def test_mp4_is_tagged_as_the_bt601_limited_range_it_holds(tmp_path):
     with av.open(path) as c:
         cc = c.streams.video[0].codec_context
         assert (cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range) == (6, 6, 6, 1)
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".gif"])
+def test_an_interrupted_write_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch, ext):
+    """The video goes to a temporary file beside --out and is renamed into place once complete: Ctrl-C (or any
+    error) while writing leaves an existing video unchanged and no partial file; a finished write replaces it
+    with the mode a plain open would give."""
+    import os
+
+    from echovideo import video_io
+
+    path = tmp_path / f"clip{ext}"
+    frames = torch.rand(3, 16, 16, 3)
+    save_video(frames, str(path))
+    before = path.read_bytes()
+    real_write = video_io._write
+
+    def interrupted(video, partial, ext, fps):
+        real_write(video[:1], partial, ext, fps)  # part of the file is on disk when the user presses Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(video_io, "_write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_video(torch.rand(9, 16, 16, 3), str(path))
+    assert path.read_bytes() == before and os.listdir(tmp_path) == [path.name]
+    monkeypatch.setattr(video_io, "_write", real_write)
+    save_video(torch.rand(5, 16, 16, 3), str(path))
+    assert path.read_bytes() != before and os.listdir(tmp_path) == [path.name]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~mask
