@@ -242,10 +242,33 @@ def reading(option: str, path: str, hint: str = "is it the right file, completel
     """A model or tokenizer that cannot be read (cut short, corrupt, not a model): one line naming the option."""
     from safetensors import SafetensorError
 
+    from .errors import CheckpointError
+
     try:
         yield
     except (SafetensorError, json.JSONDecodeError, OSError) as e:
         raise SystemExit(f"error: {option}: {path} could not be read ({type(e).__name__}: {e}); {hint}") from None
+    except CheckpointError as e:  # the right file format, the wrong model: its fix in the CLI's words
+        raise SystemExit(f"error: {option}: {in_cli_words(str(e))}") from None
+
+
+# the library's fixes name ComfyUI nodes (its loaders' messages); the CLI's are options (longest phrases first)
+NODE_FIXES_AS_OPTIONS = (
+    ("load it with EchoVideo VAE Loader, and pick the EchoVideo transformer here",
+     "pass it as --vae, and pass the EchoVideo transformer as --dit"),
+    ("load it with EchoVideo VAE Loader", "pass it as --vae"),
+    ("load it with EchoVideo T5 Loader, or core Load CLIP (type sd3)", "pass it as --t5"),
+    ("it belongs in models/clip_vision, picked in EchoVideo Face Encoder Loader", "pass it as --siglip"),
+    ("pick the EchoVideo transformer here", "pass the EchoVideo transformer as --dit"),
+    (", or load a t5xxl file with core Load CLIP (type sd3) into Text Encode's clip input", ""),
+    ("pick the T5 v1.1 XXL encoder", "pass the T5 v1.1 XXL encoder as --t5"),
+)
+
+
+def in_cli_words(message: str) -> str:
+    for node_fix, option_fix in NODE_FIXES_AS_OPTIONS:
+        message = message.replace(node_fix, option_fix)
+    return message
 
 
 CLI_INSTALL = "install the requirements: .venv/bin/python -m pip install -r requirements.txt (or bash scripts/setup_env.sh)"

@@ -69,6 +69,25 @@ def test_options_reach_the_generation(tiny_models, tmp_path, monkeypatch):
         assert np.asarray(webp.convert("RGB"))[0, 0].tolist() == [32] * 3  # 255 / 8 = 31.875 rounds to 32
 
 
+def test_a_model_passed_as_another_option_names_the_option_and_the_right_one(tiny_models, tmp_path):
+    """The VAE given as --dit, the SigLIP as --t5: one line naming the option, with the fix in options (the
+    library's messages name the ComfyUI loaders)."""
+    models = tiny_models / "models"
+    vae = str(next((models / "vae").glob("*.safetensors")))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(tiny_args(tiny_models, tmp_path / "x.mp4", "--dit", vae))
+    message = exit_info.value.code
+    assert message.startswith(f"error: --dit: {vae}: the config is a VAE's"), message
+    assert "pass it as --vae, and pass the EchoVideo transformer as --dit" in message
+    assert "Loader" not in message and "Load CLIP" not in message
+    siglip = str(next((models / "clip_vision").glob("*.safetensors")))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(tiny_args(tiny_models, tmp_path / "x.mp4", "--t5", siglip))
+    message = exit_info.value.code
+    assert message.startswith("error: --t5: ") and "--t5" in message[len("error: --t5: "):], message
+    assert "Loader" not in message and "Load CLIP" not in message and "Text Encode" not in message
+
+
 def test_cli_refuses_bad_size_and_missing_model(tiny_models, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(tiny_args(tiny_models, tmp_path / "x.mp4", "--frames", "10"))
