@@ -161,17 +161,17 @@ def expected_layout(config: TransformerConfig) -> Dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def other_model_keys(keys) -> Optional[str]:
-    """What another model's weights are, told by their key names (a VAE's, T5's, SigLIP's), else None."""
+def other_model_keys(keys) -> Optional[Tuple[str, str]]:
+    """(what, fix) for another model's weights, told by their key names (a VAE's, T5's, SigLIP's), else None."""
     keys = list(keys)
     if any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in keys):
-        return "a VAE's (encoder.down_blocks / decoder.up_blocks keys): load it with EchoVideo VAE Loader"
+        return "a VAE's (encoder.down_blocks / decoder.up_blocks keys)", "load it with EchoVideo VAE Loader"
     if any(k.startswith("encoder.block.") or k == "shared.weight" for k in keys):
-        return ("a T5 text encoder's (encoder.block keys): load it with EchoVideo T5 Loader, or core Load CLIP "
-                "(type sd3)")
+        return ("a T5 text encoder's (encoder.block keys)",
+                "load it with EchoVideo T5 Loader, or core Load CLIP (type sd3)")
     if any(k.startswith("vision_model.") for k in keys):
-        return ("a SigLIP/CLIP encoder's (vision_model keys): it belongs in models/clip_vision, picked in EchoVideo "
-                "Face Encoder Loader")
+        return ("a SigLIP/CLIP encoder's (vision_model keys)",
+                "it belongs in models/clip_vision, picked in EchoVideo Face Encoder Loader")
     return None
 
 
@@ -209,7 +209,7 @@ def diagnose(found: Dict[str, tuple], expected: Dict[str, tuple], path: str = ""
                       "checkpoint; EchoVideo needs 16 noise + 16 face-frame latent channels")
     other = other_model_keys(unexpected) if len(unexpected) == len(found) else None  # no EchoVideo key at all
     if other and not causes:
-        causes.append(f"the weights are {other}, not the EchoVideo transformer's; {PICK_TRANSFORMER}")
+        causes.append(f"the weights are {other[0]}, not the EchoVideo transformer's: {other[1]}; {PICK_TRANSFORMER}")
     if not causes and (missing or unexpected):
         causes.append("the file is not an EchoVideo transformer, or its config (safetensors metadata "
                       "'config' or config.json) does not match its weights")

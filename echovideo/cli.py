@@ -84,17 +84,21 @@ def check_device(ap, name):
         device = torch.device(name)
     except RuntimeError:
         ap.error(f"--device: got {name!r}, needs a torch device such as cuda, cuda:0 or cpu")
-    require(ap, device_available(device) and device_usable(device), "--device", repr(name),
-            f"a device this torch can use here: {devices_here()}")
+    require(ap, device_available(device), "--device", repr(name), f"a device this torch can use here: {devices_here()}")
+    if device.type not in CHECKED_DEVICE_TYPES:
+        problem = device_problem(device)
+        require(ap, problem is None, "--device", repr(name),
+                f"a device this torch can use here ({problem}): {devices_here()}")
 
 
-def device_usable(device: torch.device) -> bool:
-    """Whether a tensor can be made there (the device types torch knows but this build lacks, such as hpu)."""
+def device_problem(device: torch.device):
+    """None where a tensor can be made on a device type the CLI does not check itself, else what torch said
+    (types this build lacks, such as hpu, or privateuseone with no backend registered)."""
     try:
         torch.empty(0, device=device)
-        return True
-    except Exception:  # noqa: BLE001 - RuntimeError, or ModuleNotFoundError for torch.hpu and the like
-        return False
+        return None
+    except Exception as e:  # noqa: BLE001 - RuntimeError, or ModuleNotFoundError for torch.hpu and the like
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def nearest_existing_folder(path: str) -> str:

@@ -68,8 +68,8 @@ def tokenize(tokenizer, prompt: Union[str, Sequence[str]], max_length: int = MAX
         log.warning("EchoVideo: the prompt is longer than the %d tokens the model reads; this end of it is "
                     "left out: %s. Shorten the prompt to keep it.", max_length, excerpt(dropped))
     for unknown in filter(None, (unknown_parts(tokenizer, p) for p in prompts)):
-        log.warning("EchoVideo: T5's vocabulary has no %s, so the model does not read them; write prompts in "
-                    "English.", excerpt(", ".join(unknown)))
+        log.warning("EchoVideo: T5's vocabulary has no %s, so the model does not read them%s.",
+                    excerpt_parts(unknown), ENGLISH_ADVICE if beyond_latin(unknown) else "")
     return out.input_ids
 
 
@@ -77,6 +77,23 @@ def token_count(tokenizer, prompt: str) -> int:
     """Tokens of the prompt with its EOS, untruncated (the model reads MAX_LENGTH of them)."""
     return len(tokenizer([prompt], padding=False, truncation=False, add_special_tokens=True,
                          verbose=False).input_ids[0])
+
+
+ENGLISH_ADVICE = "; write prompts in English"
+UNKNOWN_PARTS_SHOWN = 8
+
+
+def beyond_latin(parts: Sequence[str]) -> bool:
+    """Whether any character is past the Latin alphabets (Chinese, emoji, ...): a prompt in another script, not a
+    stray brace or accent in an English one."""
+    return any(ord(c) > 0x24F for part in parts for c in part)
+
+
+def excerpt_parts(parts: Sequence[str]) -> str:
+    """The first parts, each quoted (a comma may be one of them), and how many more."""
+    shown = ", ".join(repr(part) for part in parts[:UNKNOWN_PARTS_SHOWN])
+    more = len(parts) - UNKNOWN_PARTS_SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
 
 
 def unknown_parts(tokenizer, prompt: str) -> List[str]:

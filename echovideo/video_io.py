@@ -30,17 +30,20 @@ def save_video(frames, path: str, fps: int = 16) -> str:
     """Writes the video to a temporary file beside `path` and renames it into place once complete, so an
     interrupted or failed write leaves no partial file and an existing one unchanged."""
     video = frames_to_uint8(frames)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".mp4", ".webp", ".gif"):
         raise ValueError(f"output: got {path!r}, needs a .mp4, .webp or .gif file name")
-    handle, partial = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=ext)
+    target = os.path.realpath(path)  # a link's target is replaced, not the link
+    folder = os.path.dirname(target)
+    os.makedirs(folder, exist_ok=True)
+    # a short name of its own: the output's name plus a suffix could pass the file system's name limit
+    handle, partial = tempfile.mkstemp(dir=folder, prefix=".echovideo-", suffix=ext)
     os.close(handle)
     try:
         _write(video, partial, ext, fps)
-        os.chmod(partial, 0o666 & ~_umask())  # mkstemp's file is private: the mode a plain open would give
-        os.replace(partial, path)
+        # mkstemp's file is private: an existing file's mode, or the one a plain open would give
+        os.chmod(partial, os.stat(target).st_mode & 0o7777 if os.path.exists(target) else 0o666 & ~_umask())
+        os.replace(partial, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(partial)

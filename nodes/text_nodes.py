@@ -141,13 +141,9 @@ def prompt_length_note(tokenizer, positive: str, negative: str) -> str:
                       f"{text.excerpt(dropped)}" for dropped in text.truncated_parts(tokenizer, [prompt])]
         unknown = text.unknown_parts(tokenizer, prompt)
         if unknown:
-            shown = ", ".join(repr(part) for part in unknown[:UNKNOWN_PARTS_SHOWN])
-            more = f" and {len(unknown) - UNKNOWN_PARTS_SHOWN} more" if len(unknown) > UNKNOWN_PARTS_SHOWN else ""
-            lines.append(f"{name}: not in T5's vocabulary, so not read (write prompts in English): {shown}{more}")
+            advice = text.ENGLISH_ADVICE if text.beyond_latin(unknown) else ""
+            lines.append(f"{name}: not in T5's vocabulary, so not read{advice}: {text.excerpt_parts(unknown)}")
     return "\n".join(lines)
-
-
-UNKNOWN_PARTS_SHOWN = 8
 
 
 ONE_ENCODER = ("EchoVideo Text Encode: connect exactly one text encoder: 'clip' (core Load CLIP with t5xxl) or "

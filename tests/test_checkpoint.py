@@ -337,7 +337,8 @@ def test_another_models_file_without_config_is_named_by_its_keys(tmp_path, key, 
     with pytest.raises(CheckpointError) as info:
         checkpoint.load_transformer(path)
     message = str(info.value)
-    assert f"the weights are {named}" in message and "pick the EchoVideo transformer here" in message
+    assert f"the weights are {named}, not the EchoVideo transformer's: " in message
+    assert "pick the EchoVideo transformer here" in message
     assert "the file is not an EchoVideo transformer" not in message
 
 

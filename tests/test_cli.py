@@ -171,7 +171,7 @@ def test_unreadable_photo_is_one_line_naming_the_image(tiny_models, tmp_path):
     ("--width", "100", "multiple of 16"),
     ("--height", "0", "multiple of 16"), ("--face-index", "-1", "largest face"), ("--seed", str(2 ** 64), "0 to 2**64 - 1"),
     ("--seed", "-1", "0 to 2**64 - 1"), ("--width", "2064", "at most 2048"), ("--height", "4096", "at most 2048"),
-    ("--frames", "265", "at most 257"), ("--device", "hpu", "a device this torch can use here: cpu"),
+    ("--frames", "265", "at most 257"), ("--device", "hpu", "a device this torch can use here (ModuleNotFoundError: "),
     ("--image", "missing.png", "existing image"), ("--tokenizer", "missing", "existing tokenizer"),
     ("--models-dir", "missing", "existing folder"),
 ])
@@ -343,10 +343,12 @@ def test_device_types_the_cli_does_not_know_pass_where_torch_can_make_a_tensor(t
     privateuseone with no backend, raised ModuleNotFoundError / RuntimeError deep in the run)."""
     import torch
 
-    assert not cli.device_usable(torch.device("privateuseone:0")) and not cli.device_usable(torch.device("hpu"))
+    assert cli.device_problem(torch.device("hpu")).startswith("ModuleNotFoundError")
+    assert cli.device_problem(torch.device("privateuseone:0")) is not None
+    assert cli.device_problem(torch.device("cpu")) is None
     with pytest.raises(SystemExit):
         cli.parse_args(checked_args(tmp_path, "--device", "privateuseone:0"))
-    monkeypatch.setattr(cli, "device_usable", lambda device: True)  # as with torch-directml installed
+    monkeypatch.setattr(cli, "device_problem", lambda device: None)  # as with torch-directml installed
     assert cli.parse_args(checked_args(tmp_path, "--device", "privateuseone:0")).device == "privateuseone:0"
     assert cli.device_available(torch.device("cpu")) and not cli.device_available(torch.device("meta"))
     assert cli.devices_here().startswith("cpu")

@@ -212,12 +212,15 @@ def test_text_encode_names_what_t5_cannot_read_and_shows_nothing_for_a_clip_with
                        negative="word " * 240 + "低质量 blurry", clip=clip)
     lines = shown[0].split("\n")
     assert re.fullmatch(r"positive: \d+ of 226 tokens", lines[0])
-    assert lines[1] == ("positive: not in T5's vocabulary, so not read (write prompts in English): "
+    assert lines[1] == ("positive: not in T5's vocabulary, so not read; write prompts in English: "
                         "'一个女人在公园里微笑', '🙂🎬'")
     assert re.match(r"negative: 2\d\d tokens, longer than the 226 the model reads; left out: '.*低质量 blurry'$",
                     lines[2]), lines[2]
     assert lines[3].endswith("'低质量'")
     assert len(lines) == 4
+    shown.clear()
+    comfy_env.run_node(node, positive="a {smiling} woman", negative="", clip=clip)  # English with a stray brace
+    assert shown[0].split("\n")[1] == "positive: not in T5's vocabulary, so not read: '{', '}'"
     shown.clear()
     no_t5 = SimpleNamespace(cond_stage_model=torch.nn.Sequential(torch.nn.Linear(2, 2)))
     with pytest.raises(ValueError, match="the connected CLIP holds no T5 encoder"):

@@ -105,8 +105,13 @@ def test_characters_outside_the_vocabulary_are_named_in_the_log(tiny_t5, caplog)
         assert not caplog.records
         text.tokenize(tok, prompt)
     (record,) = caplog.records
-    assert record.getMessage() == ("EchoVideo: T5's vocabulary has no '一个 女人, 🙂', so the model does not read "
-                                   "them; write prompts in English.")
+    assert record.getMessage() == ("EchoVideo: T5's vocabulary has no '一个 女人', '🙂', so the model does not "
+                                   "read them; write prompts in English.")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="echovideo"):
+        text.tokenize(tok, "a man smiles naïve")  # a Latin letter the vocabulary lacks: no advice to switch language
+    assert caplog.records[0].getMessage() == ("EchoVideo: T5's vocabulary has no 'naïve', so the model does not "
+                                              "read them.")
 
 
 def test_folder_encoder_equals_transformers(tiny_t5):

@@ -134,3 +134,25 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_partial_one(tmp_path, m
     mask = os.umask(0)
     os.umask(mask)
     assert (path.stat().st_mode & 0o777) == 0o666 & ~mask
+
+
+def test_writing_through_a_link_keeps_the_link_an_existing_mode_and_takes_long_names(tmp_path):
+    """The rename goes to a link's target (the link stays), keeps an existing file's mode, and the temporary name
+    does not grow with the output's (a name near the file system's limit still works)."""
+    import os
+
+    real = tmp_path / "real"
+    real.mkdir()
+    target = real / "t.gif"
+    save_video(torch.rand(2, 8, 8, 3), str(target))
+    target.chmod(0o600)
+    link = tmp_path / "link.gif"
+    link.symlink_to(target)
+    before = target.read_bytes()
+    save_video(torch.rand(3, 8, 8, 3), str(link))
+    assert link.is_symlink() and target.read_bytes() != before
+    assert (target.stat().st_mode & 0o777) == 0o600
+    assert sorted(os.listdir(real)) == ["t.gif"]
+    long_name = tmp_path / ("a" * 250 + ".gif")  # 254 characters: within the usual 255
+    save_video(torch.rand(2, 8, 8, 3), str(long_name))
+    assert long_name.is_file()
