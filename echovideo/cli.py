@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from .errors import EchoVideoInputError
+from .errors import INSTALL_REQUIREMENTS, EchoVideoInputError
 from .guidance import MAX_GUIDANCE_SCALE
 from .sampling import RELEASED_SCHEDULER_CONFIG
 from .step_cache import DEFAULT_THRESHOLD, MAX_THRESHOLD
@@ -212,6 +212,12 @@ def check_args(ap, args):
     require(ap, os.path.isdir(args.models_dir), "--models-dir", repr(args.models_dir),
             "an existing folder")
     check_device(ap, args.device)
+    from .errors import FACE_PACKAGES, MissingPackageError, missing_packages
+
+    missing = missing_packages("cv2", *FACE_PACKAGES, "diffusers", "transformers", "sentencepiece")
+    if missing:  # before any model loads, not minutes in at the step that needs it
+        raise SystemExit("error: " + str(MissingPackageError(missing, "the generation")).replace(
+            INSTALL_REQUIREMENTS, CLI_INSTALL))
 
 
 def check_out_writable(out: str):
@@ -281,7 +287,7 @@ CLI_INSTALL = "install the requirements: .venv/bin/python -m pip install -r requ
 def main(argv=None):
     try:
         args = parse_args(argv)
-        from .errors import INSTALL_REQUIREMENTS, CheckpointError, EchoVideoInputError, MissingPackageError
+        from .errors import CheckpointError, MissingPackageError
         from .face.errors import FaceError, FaceModelLoadError, FaceModelMissingError
 
         try:

@@ -386,3 +386,18 @@ def test_ctrl_c_and_a_missing_package_end_in_one_line(tmp_path, capsys, monkeypa
     assert exit_info.value.code == ("error: the face pipeline needs the Python package onnxruntime, which is not "
                                     "installed; install the requirements: .venv/bin/python -m pip install -r "
                                     "requirements.txt (or bash scripts/setup_env.sh)")
+
+
+def test_missing_packages_are_named_before_any_model_loads(tmp_path, monkeypatch):
+    """Every package the generation needs is looked for when the options are checked, so a failed install is
+    reported at once, not after the face models and the T5 have loaded."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    monkeypatch.setitem(sys.modules, "insightface", None)
+    monkeypatch.setattr(cli, "generate_video", lambda args: pytest.fail("the run started"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(checked_args(tmp_path))
+    assert exit_info.value.code == ("error: the generation needs the Python packages insightface, diffusers, which "
+                                    "are not installed; install the requirements: .venv/bin/python -m pip install "
+                                    "-r requirements.txt (or bash scripts/setup_env.sh)")
