@@ -14,18 +14,26 @@ import time
 
 import torch
 
-from .errors import INSTALL_REQUIREMENTS, EchoVideoInputError
+from .errors import FACE_PACKAGES, INSTALL_REQUIREMENTS, EchoVideoInputError, MissingPackageError, missing_packages
 from .guidance import MAX_GUIDANCE_SCALE
 from .sampling import RELEASED_SCHEDULER_CONFIG
 from .step_cache import DEFAULT_THRESHOLD, MAX_THRESHOLD
 from .video import MAX_FRAMES, MAX_SIZE, check_video_size
+from .video_io import VIDEO_EXTENSIONS
 
 DEFAULTS = dict(dit="EchoVideo", vae="CogVideoX-5b-vae", t5="EchoVideo-t5-v1_1-xxl",
                 siglip="siglip-base-patch16-224")
-OUTPUT_EXTENSIONS = (".mp4", ".webp", ".gif")  # what video_io.save_video writes
+OUTPUT_EXTENSIONS = VIDEO_EXTENSIONS
 MAX_FPS = 240
 MAX_GIF_FPS = 50  # GIF frame times are 10 ms ticks, and players slow down delays under 20 ms
 PATH_OPTIONS = ("models_dir", "image", "out", "tokenizer", *DEFAULTS)  # "~/..." after "=" reaches us unexpanded
+CLI_INSTALL = ("install the requirements: .venv/bin/python -m pip install -r requirements.txt (or bash "
+               "scripts/setup_env.sh)")
+
+
+def missing_package_exit(error: MissingPackageError) -> SystemExit:
+    """One error line, with this checkout's install command instead of ComfyUI's."""
+    return SystemExit(f"error: {str(error).replace(INSTALL_REQUIREMENTS, CLI_INSTALL)}")
 
 
 def require(ap, ok, option, got, needs):
@@ -84,7 +92,8 @@ def check_device(ap, name):
         device = torch.device(name)
     except RuntimeError:
         ap.error(f"--device: got {name!r}, needs a torch device such as cuda, cuda:0 or cpu")
-    require(ap, device_available(device), "--device", repr(name), f"a device this torch can use here: {devices_here()}")
+    require(ap, device_available(device), "--device", repr(name),
+            f"a device this torch can use here: {devices_here()}")
     if device.type not in CHECKED_DEVICE_TYPES:
         problem = device_problem(device)
         require(ap, problem is None, "--device", repr(name),
@@ -155,18 +164,22 @@ def parse_args(argv=None):
     for key, value in DEFAULTS.items():
         ap.add_argument(f"--{key}", default=value, help=f"name in its models folder (default {value})")
     ap.add_argument("--tokenizer", default=None, help="T5 tokenizer folder (default: beside the T5 weights)")
-    ap.add_argument("--width", type=int, default=848, help=f"video width in pixels, a multiple of 16, at most {MAX_SIZE} (default 848)")
-    ap.add_argument("--height", type=int, default=480, help=f"video height in pixels, a multiple of 16, at most {MAX_SIZE} (default 480)")
-    ap.add_argument("--frames", type=int, default=49, help="frame count, 8k+1 (1, 9, 17, ..., 49: the model's length; more, up to "
-                    f"{MAX_FRAMES}, are possible) (default 49)")
-    ap.add_argument("--steps", type=int, default=50, help=f"denoising steps, 1 to "
-                    f"{RELEASED_SCHEDULER_CONFIG['num_train_timesteps']} (default 50)")
-    ap.add_argument("--cfg", type=float, default=6.0, help=f"guidance scale, 1.0 to {MAX_GUIDANCE_SCALE}; 1.0 turns guidance off "
-                    "(default 6.0)")
+    ap.add_argument("--width", type=int, default=848,
+                    help=f"video width in pixels, a multiple of 16, at most {MAX_SIZE} (default 848)")
+    ap.add_argument("--height", type=int, default=480,
+                    help=f"video height in pixels, a multiple of 16, at most {MAX_SIZE} (default 480)")
+    ap.add_argument("--frames", type=int, default=49,
+                    help=f"frame count, 8k+1 (1, 9, 17, ..., 49: the model's length; more, up to {MAX_FRAMES}, are "
+                         "possible) (default 49)")
+    ap.add_argument("--steps", type=int, default=50,
+                    help=f"denoising steps, 1 to {RELEASED_SCHEDULER_CONFIG['num_train_timesteps']} (default 50)")
+    ap.add_argument("--cfg", type=float, default=6.0,
+                    help=f"guidance scale, 1.0 to {MAX_GUIDANCE_SCALE}; 1.0 turns guidance off (default 6.0)")
     ap.add_argument("--no-dynamic-cfg", action="store_true", help="constant guidance instead of the dynamic schedule")
     ap.add_argument("--seed", type=int, default=42, help="random seed, 0 to 2**64 - 1 (default 42)")
-    ap.add_argument("--fps", type=int, default=16, help=f"frames per second of the written video, 1 to {MAX_FPS}, at most "
-                    f"{MAX_GIF_FPS} for a .gif (default 16)")
+    ap.add_argument("--fps", type=int, default=16,
+                    help=f"frames per second of the written video, 1 to {MAX_FPS}, at most {MAX_GIF_FPS} for a .gif "
+                         "(default 16)")
     ap.add_argument("--face-index", type=int, default=0,
                     help="0 = largest face (nearest the centre if only the fallback RetinaFace detector finds faces)")
     ap.add_argument("--whole-image", action="store_true",
@@ -212,12 +225,9 @@ def check_args(ap, args):
     require(ap, os.path.isdir(args.models_dir), "--models-dir", repr(args.models_dir),
             "an existing folder")
     check_device(ap, args.device)
-    from .errors import FACE_PACKAGES, MissingPackageError, missing_packages
-
     missing = missing_packages("cv2", *FACE_PACKAGES, "diffusers", "transformers", "sentencepiece")
     if missing:  # before any model loads, not minutes in at the step that needs it
-        raise SystemExit("error: " + str(MissingPackageError(missing, "the generation")).replace(
-            INSTALL_REQUIREMENTS, CLI_INSTALL))
+        raise missing_package_exit(MissingPackageError(missing, "the generation"))
 
 
 def check_out_writable(out: str):
@@ -281,13 +291,10 @@ def in_cli_words(message: str) -> str:
     return message
 
 
-CLI_INSTALL = "install the requirements: .venv/bin/python -m pip install -r requirements.txt (or bash scripts/setup_env.sh)"
-
-
 def main(argv=None):
     try:
         args = parse_args(argv)
-        from .errors import CheckpointError, MissingPackageError
+        from .errors import CheckpointError
         from .face.errors import FaceError, FaceModelLoadError, FaceModelMissingError
 
         try:
@@ -295,7 +302,7 @@ def main(argv=None):
         except (FaceError, FaceModelMissingError, FaceModelLoadError, EchoVideoInputError, CheckpointError) as e:
             raise SystemExit(f"error: {with_option_names(str(e))}") from None  # the photo, a model file or an option
         except MissingPackageError as e:
-            raise SystemExit(f"error: {str(e).replace(INSTALL_REQUIREMENTS, CLI_INSTALL)}") from None
+            raise missing_package_exit(e) from None
     except KeyboardInterrupt:  # the video is written to a temporary file and renamed: --out is never half-written
         print("\ninterrupted: no video written", file=sys.stderr)
         raise SystemExit(130) from None

@@ -9,6 +9,7 @@ from PIL import Image
 
 BT601_SMPTE170M = 6  # FFmpeg's AVCOL_SPC / AVCOL_PRI / AVCOL_TRC value for SMPTE 170M (BT.601 525)
 MPEG_RANGE = 1  # AVCOL_RANGE_MPEG: limited range, 16-235
+VIDEO_EXTENSIONS = (".mp4", ".webp", ".gif")
 
 
 def frames_to_uint8(frames) -> np.ndarray:
@@ -31,7 +32,7 @@ def save_video(frames, path: str, fps: int = 16) -> str:
     interrupted or failed write leaves no partial file and an existing one unchanged."""
     video = frames_to_uint8(frames)
     ext = os.path.splitext(path)[1].lower()
-    if ext not in (".mp4", ".webp", ".gif"):
+    if ext not in VIDEO_EXTENSIONS:
         raise ValueError(f"output: got {path!r}, needs a .mp4, .webp or .gif file name")
     target = os.path.realpath(path)  # a link's target is replaced, not the link
     folder = os.path.dirname(target)
