@@ -10,7 +10,7 @@ from .attention import get_attention
 from .config import TransformerConfig
 from .errors import check
 from .iitf import IITF, fuse_identity
-from .ops import fused_linear_gelu_tanh
+from .ops import fused_linear_gelu_tanh, linear
 from .rope import pair_rotation, rotate_pairs_
 
 
@@ -50,7 +50,7 @@ class PatchEmbed(nn.Module):
         b, f, c, h, w = video.shape
         x = self.proj(video.reshape(b * f, c, h, w))
         x = x.view(b, f, *x.shape[1:]).flatten(3).transpose(2, 3).flatten(1, 2)
-        return self.text_proj(context), x
+        return linear(self.text_proj, context), x
 
 
 class ModulatedNorm(nn.Module):
@@ -93,15 +93,15 @@ class JointAttention(nn.Module):
         """tokens [B, S, D] = [text; video] -> attention output [B, S, D]."""
         b, s, _ = tokens.shape
         # [B, S, heads, head_dim] stays contiguous for the norms and the in-place rotation
-        q = self.norm_q(self.to_q(tokens).view(b, s, self.heads, -1))
-        k = self.norm_k(self.to_k(tokens).view(b, s, self.heads, -1))
-        v = self.to_v(tokens).view(b, s, self.heads, -1)
+        q = self.norm_q(linear(self.to_q, tokens).view(b, s, self.heads, -1))
+        k = self.norm_k(linear(self.to_k, tokens).view(b, s, self.heads, -1))
+        v = linear(self.to_v, tokens).view(b, s, self.heads, -1)
         if rope is not None:  # (cos, sin) or (cos, sin, pair rotation)
             rotate_pairs_(q[:, n_ctx:], *rope)
             rotate_pairs_(k[:, n_ctx:], *rope)
         out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         del q, k, v  # gone before the output's layout copy and projection: the block's peak stays the FF's
-        return self.to_out[0](out.transpose(1, 2).reshape(b, s, -1))
+        return linear(self.to_out[0], out.transpose(1, 2).reshape(b, s, -1))
 
 
 def gelu_runs_in_place(device, dtype) -> bool:
@@ -140,7 +140,7 @@ class FeedForward(nn.Module):
                                   operations.Linear(dim * mult, dim, dtype=dtype, device=device)])
 
     def forward(self, x):
-        return self.net[2](self.net[0](x))
+        return linear(self.net[2], self.net[0](x))
 
 
 class TransformerBlock(nn.Module):
@@ -270,7 +270,7 @@ class EchoVideoTransformer(nn.Module):
         b, f, _, h, w = shape
         p = self.config.patch_size
         x = self.norm_final(x)  # per-token norm: the text tokens do not change the video's
-        x = self.proj_out(self.norm_out(x, temb))
+        x = linear(self.proj_out, self.norm_out(x, temb))
         x = x.reshape(b, f, h // p, w // p, -1, p, p)
         return x.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
 

@@ -237,7 +237,7 @@ def test_fused_linear_gelu_matches_linear_then_gelu(monkeypatch):
         monkeypatch.setattr(ops, "_linear_pointwise", lambda *a: calls.append(a[3:]) or real(*a))
         ff = FeedForward(32, torch.nn, None, None)
         out = ff(x)
-        assert calls == [("gelu", [], "tanh")]
+        assert calls == [("gelu", [], "tanh"), ("none", [], "")]  # the hidden layer fused, then the output layer
         torch.testing.assert_close(out, ff.net[2](F.gelu(ff.net[0].proj(x), approximate="tanh")), rtol=1e-5, atol=1e-5)
 
 
@@ -261,6 +261,9 @@ def test_fused_linear_gelu_falls_back_once_when_onednn_refuses(monkeypatch):
         torch.testing.assert_close(ff(x), expected, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(ff(x), expected, rtol=1e-6, atol=1e-6)
     assert len(calls) == 1 and ops._linear_pointwise is None
+    with torch.inference_mode():  # the plain projections fall back too
+        torch.testing.assert_close(ops.linear(ff.net[2], x.repeat(1, 1, 4)), ff.net[2](x.repeat(1, 1, 4)))
+    assert len(calls) == 1
 
 
 @needs_onednn_linear
@@ -320,7 +323,8 @@ def test_fused_linear_gelu_declines_where_it_does_not_apply(monkeypatch):
 
 @needs_onednn_linear
 def test_ff_on_an_avx2_cpu_runs_linear_then_gelu(monkeypatch):
-    """Where the fused call does not pay off, the FF never calls it and gives the unfused result."""
+    """Where the fused call does not pay off, the FF never asks for it (only the plain output layer goes to oneDNN)
+    and gives the unfused result."""
     from echovideo import ops
     from echovideo.transformer import FeedForward
 
@@ -333,8 +337,45 @@ def test_ff_on_an_avx2_cpu_runs_linear_then_gelu(monkeypatch):
     with torch.inference_mode():
         out = ff(x)
         expected = ff.net[2](torch.nn.functional.gelu(ff.net[0].proj(x), approximate="tanh"))
-    assert calls == []
+    assert [c[3:] for c in calls] == [("none", [], "")]
     torch.testing.assert_close(out, expected, rtol=2e-6, atol=1e-6)
+
+
+@needs_onednn_linear
+def test_onednn_linear_matches_torch_linear_and_declines_where_it_does_not_apply(monkeypatch):
+    """ops.linear: oneDNN's matmul in float32 CPU inference, equal to torch's linear to float32 rounding (strided
+    inputs and bias-free layers too), and the module's own call wherever the oneDNN path does not apply."""
+    import torch.nn.functional as F
+
+    from echovideo import ops
+
+    calls = []
+    real = ops._linear_pointwise
+    monkeypatch.setattr(ops, "_linear_pointwise", lambda *a: calls.append(a[3:]) or real(*a))
+    torch.manual_seed(0)
+    x = torch.randn(3, 40, 64)
+    for layer in (torch.nn.Linear(64, 48), torch.nn.Linear(64, 48, bias=False)):
+        with torch.inference_mode():
+            for inp in (x, x.transpose(0, 1), x[:, ::2]):
+                calls.clear()
+                out = ops.linear(layer, inp)
+                assert calls == [("none", [], "")]
+                assert out.shape == inp.shape[:-1] + (48,)
+                torch.testing.assert_close(out, F.linear(inp, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    calls.clear()
+    layer = torch.nn.Linear(64, 48)
+    out = ops.linear(layer, x)  # autograd: the module's own call, with a graph
+    assert out.requires_grad and calls == []
+    with torch.no_grad():
+        casting = ops.upcast_ops.Linear(64, 48, dtype=torch.bfloat16)
+        casting.weight.copy_(layer.weight)
+        casting.bias.copy_(layer.bias)
+        torch.testing.assert_close(ops.linear(casting, x), casting(x))
+        as_double = torch.nn.Linear(64, 48, dtype=torch.float64)
+        torch.testing.assert_close(ops.linear(as_double, x.double()), as_double(x.double()))
+        with torch.backends.mkldnn.flags(enabled=False):
+            torch.testing.assert_close(ops.linear(layer, x), layer(x))
+    assert calls == []
 
 
 def test_sampling_memory_estimate_matches_memory_plan():
