@@ -8,11 +8,18 @@ import torch
 import torch.nn.functional as F
 
 from .errors import check
+from .ops import matmul_attention
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def sdpa_attention(q, k, v):
+    """torch's scaled_dot_product_attention; in float32 CPU inference on long sequences the same function as oneDNN
+    matmuls and a softmax (`ops.matmul_attention`, faster there). torch.backends.mkldnn.flags(enabled=False)
+    keeps torch's kernel."""
+    out = matmul_attention(q, k, v)
+    if out is not None:
+        return out
     return F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
 
 

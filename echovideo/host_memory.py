@@ -6,6 +6,9 @@ RSS then depends on the order of allocations and drifts by up to about 90 MiB be
 large blocks mapped and unmapped one by one (once the heap's free space is used up: malloc reuses that
 first), the peak is what is live, whatever the video's length, at the price of page faults (they about
 double a CPU decode's time on the `large` benchmark, which oneDNN's convs have made short).
+
+A sampling loop wants the opposite: its per-step buffers of a few MiB (e.g. attention scores) reused from the heap.
+`settle_heap` sets the thresholds glibc's dynamic rule would reach anyway, from the first step on.
 """
 import contextlib
 import ctypes
@@ -52,3 +55,15 @@ def large_blocks_unmapped_on_free():
         if applied:
             mallopt(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD)
             mallopt(M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD)
+
+
+def settle_heap() -> bool:
+    """Sets glibc's mmap and trim thresholds to where its dynamic rule converges (32 and 64 MiB), so blocks under
+    32 MiB are reused from the heap instead of being returned to the system and faulted back in (about 2,000 minor
+    faults per `large` DiT attention call before the rule has moved). Returns whether it took effect (False off
+    glibc, or where the user tuned malloc through the environment)."""
+    mallopt = glibc_mallopt()
+    if mallopt is None:
+        return False
+    return mallopt(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD,
+                                                                            STEADY_TRIM_THRESHOLD) == 1

@@ -8,6 +8,7 @@ import torch
 
 from .errors import check
 from .guidance import combine_guidance, guidance_is_identity, guidance_scale_at
+from .host_memory import settle_heap
 from .rope import rotary_embedding_for_video
 from .scheduler import CogVideoXDPMScheduler
 from .video import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION
@@ -101,6 +102,8 @@ def sample(model, positive_context: torch.Tensor, negative_context: Optional[tor
               f"{tuple(positive_context.shape)} when guidance_scale > 1")
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device.type == "cpu":
+        settle_heap()  # the steps' buffers reused, not faulted in again every call
     dtype = dtype or compute_dtype_of(model)
     _, n_lat, _, h, w = image_latents.shape
     rope = rotary_embedding_for_video(cfg.attention_head_dim, cfg.patch_size, h * SPATIAL_COMPRESSION,

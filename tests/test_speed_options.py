@@ -803,3 +803,113 @@ def test_tiny_models_follow_their_seed_dtype_and_std():
     assert norms and all((t - 1).abs().max() < 0.5 for _, t in norms)
     big = tiny.randomize_(torch.nn.Linear(64, 64), std=0.5)
     assert 0.4 < big.weight.std().item() < 0.6
+
+
+@pytest.fixture
+def matmul_attention_everywhere(monkeypatch):
+    """ops.matmul_attention for any key count and thread count (its real thresholds are about speed only)."""
+    from echovideo import ops
+
+    monkeypatch.setattr(ops, "MATMUL_ATTENTION_MIN_KEYS", 1)
+    monkeypatch.setattr(ops, "MATMUL_ATTENTION_MAX_THREADS", 1 << 20)
+    return ops
+
+
+@needs_onednn_linear
+def test_matmul_attention_equals_sdpa(matmul_attention_everywhere, monkeypatch):
+    """Strided and contiguous inputs, more keys than queries, a wider value head, several blocks of query rows and
+    saturating scores: torch's SDPA to float32 rounding, in the [batch, tokens, heads, dim] layout underneath."""
+    import torch.nn.functional as F
+
+    ops = matmul_attention_everywhere
+    calls = []
+    real = ops._linear_pointwise
+    monkeypatch.setattr(ops, "_linear_pointwise", lambda *a: calls.append(a[3:]) or real(*a))
+    torch.manual_seed(0)
+    q = torch.randn(2, 30, 3, 16).transpose(1, 2)  # the DiT's layout: [B, S, H, D] viewed as [B, H, S, D]
+    k, v = torch.randn(2, 3, 50, 16), torch.randn(2, 50, 3, 24).transpose(1, 2)
+    cases = [(q, k, v), (q.contiguous(), k, v.contiguous()), (q * 30, k * 30, v)]
+    with torch.inference_mode():
+        for block_bytes in (ops.SCORE_BLOCK_BYTES, 4 * 50 * 7):  # one block of rows; blocks of 7 rows (the last 2)
+            monkeypatch.setattr(ops, "SCORE_BLOCK_BYTES", block_bytes)
+            for qi, ki, vi in cases:
+                calls.clear()
+                out = ops.matmul_attention(qi, ki, vi)
+                assert len(calls) == 2 * 2 * 3 * (1 if block_bytes > 4 * 50 * 30 else 5)
+                assert out.shape == (2, 3, 30, 24) and out.transpose(1, 2).is_contiguous()
+                torch.testing.assert_close(out, F.scaled_dot_product_attention(qi, ki, vi), rtol=1e-5, atol=1e-5)
+        calls.clear()
+        monkeypatch.setattr(ops, "SCORE_BLOCK_BYTES", 1 << 20)
+        # the default backend takes it
+        torch.testing.assert_close(attention.sdpa_attention(q, k, v), F.scaled_dot_product_attention(q, k, v),
+                                   rtol=1e-5, atol=1e-5)
+        assert len(calls) == 12
+
+
+@needs_onednn_linear
+def test_matmul_attention_declines_where_it_does_not_apply(monkeypatch):
+    import torch.nn.functional as F
+
+    from echovideo import ops
+
+    calls = []
+    real = ops._linear_pointwise
+    monkeypatch.setattr(ops, "_linear_pointwise", lambda *a: calls.append(a[3:]) or real(*a))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    q, k, v = (torch.randn(1, 2, ops.MATMUL_ATTENTION_MIN_KEYS, 8) for _ in range(3))
+    with torch.inference_mode():
+        assert ops.matmul_attention(q, k, v) is not None and len(calls) == 4  # at the thresholds: taken
+        calls.clear()
+        short = k[:, :, 1:], v[:, :, 1:]
+        declined = [ops.matmul_attention(q, *short),  # fewer keys than pay off
+                    ops.matmul_attention(q.double(), k.double(), v.double()),
+                    ops.matmul_attention(q[0], k[0], v[0]),  # not [B, H, S, D]
+                    ops.matmul_attention(q, k[:, :1], v)]  # heads that do not match: SDPA names it
+        with torch.backends.mkldnn.flags(enabled=False):
+            declined.append(ops.matmul_attention(q, k, v))
+            torch.testing.assert_close(attention.sdpa_attention(q, k, v), F.scaled_dot_product_attention(q, k, v),
+                                       rtol=0, atol=0)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: ops.MATMUL_ATTENTION_MAX_THREADS + 1)
+        declined.append(ops.matmul_attention(q, k, v))  # more threads than measured: SDPA
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    declined.append(ops.matmul_attention(q.requires_grad_(), k, v))  # autograd
+    assert declined == [None] * 7 and calls == []
+
+
+@needs_onednn_linear
+def test_matmul_attention_falls_back_to_sdpa_when_onednn_refuses(matmul_attention_everywhere, monkeypatch):
+    import torch.nn.functional as F
+
+    ops = matmul_attention_everywhere
+
+    def refuse(*args):
+        raise RuntimeError("could not create a primitive descriptor")
+
+    monkeypatch.setattr(ops, "_linear_pointwise", refuse)
+    q, k, v = (torch.randn(1, 2, 12, 8) for _ in range(3))
+    with torch.inference_mode():
+        torch.testing.assert_close(attention.sdpa_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    assert ops._linear_pointwise is None
+
+    def out_of_ram(*args):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes")
+
+    monkeypatch.setattr(ops, "_linear_pointwise", out_of_ram)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="DefaultCPUAllocator"):
+        attention.sdpa_attention(q, k, v)
+    assert ops._linear_pointwise is out_of_ram
+
+
+@pytest.mark.golden
+@needs_onednn_linear
+def test_matmul_attention_matches_golden(golden, matmul_attention_everywhere, monkeypatch):
+    ops = matmul_attention_everywhere
+    calls = []
+    real = ops._linear_pointwise
+    monkeypatch.setattr(ops, "_linear_pointwise", lambda *a: calls.append(a[3:]) or real(*a))
+    monkeypatch.setattr(ops, "SCORE_BLOCK_BYTES", 4096)  # several blocks of query rows per head
+    model = build_dit(golden)
+    with torch.inference_mode():
+        out = level1_output(model, golden)
+    assert len(calls) > 2 * model.config.num_layers * model.config.num_attention_heads
+    assert_close_scaled(out, golden["transformer.out.model_output"], name="matmul attention")
