@@ -53,8 +53,7 @@ def large_blocks_unmapped_on_free():
         yield applied
     finally:
         if applied:
-            mallopt(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD)
-            mallopt(M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD)
+            _set_steady_thresholds(mallopt)
 
 
 def settle_heap() -> bool:
@@ -63,7 +62,9 @@ def settle_heap() -> bool:
     faults per `large` DiT attention call before the rule has moved). Returns whether it took effect (False off
     glibc, or where the user tuned malloc through the environment)."""
     mallopt = glibc_mallopt()
-    if mallopt is None:
-        return False
-    return mallopt(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD,
-                                                                            STEADY_TRIM_THRESHOLD) == 1
+    return mallopt is not None and _set_steady_thresholds(mallopt)
+
+
+def _set_steady_thresholds(mallopt) -> bool:
+    mmap_set = mallopt(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD) == 1
+    return mallopt(M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD) == 1 and mmap_set
